@@ -1,0 +1,3 @@
+from qqbridge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Schema migrations: numbered upgrade functions, run in order when the store opens.
+
+    version 0 (empty database) --MIGRATIONS[0]--> 1 --MIGRATIONS[1]--> 2 ...
+
+- `MIGRATIONS[i]` upgrades a version-i database to version i+1.
+- Each upgrade runs in its own transaction, holding the migration lock, and records
+  its number in `schema_version` in that same transaction: it applies fully or not
+  at all, and two bridges starting at once cannot both apply it.
+- A database whose version is newer than this code knows is refused with
+  `SchemaTooNewError` before anything is written: an old bridge must not run on, or
+  "fix", tables it does not understand.
+
+To change the schema: write `async def vN_what_it_adds(db)` below the last one and
+append it to `MIGRATIONS`. Never edit a migration that has been released; databases
+in the field have already run it. SQL is PostgreSQL-spelled with `$n` placeholders;
+the backend layer (`database.py`) rewrites what SQLite spells differently, so one
+function serves both. Times are BIGINT Unix milliseconds; UINs and SEQs are BIGINT
+(they pass 2^31).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from qqbridge.store.database import Database
+from qqbridge.store.errors import MigrationError, SchemaTooNewError
+
+log = structlog.get_logger(__name__)
+
+Migration = Callable[[Database], Awaitable[None]]
+
+
+async def v1_matrix_side(db: Database) -> None:
+    """Appservice transactions and their events, bridge users, bridge state, QQ SEQs."""
+    # Transaction ids the homeserver has sent, so a retried transaction is ignored.
+    # Kept at least 24 h (Store.prune), across restarts.
+    await db.execute(
+        """CREATE TABLE appservice_txn (
+            txn_id      TEXT PRIMARY KEY,
+            received_at BIGINT NOT NULL,
+            event_count INTEGER NOT NULL
+        )"""
+    )
+    await db.execute("CREATE INDEX appservice_txn_received_at ON appservice_txn (received_at)")
+    # Every event of every transaction, stored before the homeserver gets its 200, and
+    # handled from here; inbox_id gives the order of arrival. No foreign key to
+    # appservice_txn: the two are pruned on different schedules.
+    await db.execute(
+        """CREATE TABLE matrix_inbox (
+            inbox_id         BIGSERIAL PRIMARY KEY,
+            event_id         TEXT NOT NULL UNIQUE,
+            txn_id           TEXT NOT NULL,
+            room_id          TEXT NOT NULL,
+            sender           TEXT NOT NULL,
+            type             TEXT NOT NULL,
+            state_key        TEXT,
+            content          TEXT NOT NULL,
+            origin_server_ts BIGINT,
+            event_json       TEXT NOT NULL,
+            state            TEXT NOT NULL DEFAULT 'pending',
+            error            TEXT,
+            received_at      BIGINT NOT NULL,
+            handled_at       BIGINT
+        )"""
+    )
+    await db.execute("CREATE INDEX matrix_inbox_state ON matrix_inbox (state, inbox_id)")
+    # A Matrix user who uses the bridge. UNIQUE qq_uin: two pollers for one QQ account
+    # would share its session and take each other's messages.
+    await db.execute(
+        """CREATE TABLE bridge_user (
+            mxid              TEXT PRIMARY KEY,
+            control_room_id   TEXT UNIQUE,
+            qq_uin            BIGINT UNIQUE,
+            password_md5      TEXT,
+            login_state       TEXT NOT NULL DEFAULT 'logged_out',
+            pending_login_uin BIGINT,
+            created_at        BIGINT NOT NULL,
+            updated_at        BIGINT NOT NULL
+        )"""
+    )
+    # Small things the bridge wants to remember (key -> text).
+    await db.execute(
+        """CREATE TABLE bridge_state (
+            key        TEXT PRIMARY KEY,
+            value      TEXT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )"""
+    )
+    # The last SEQ issued to each user's QQ requests, and per purpose the last one
+    # issued for it, so a request can be retried with its SEQ after a crash.
+    await db.execute(
+        """CREATE TABLE qq_seq (
+            mxid     TEXT PRIMARY KEY REFERENCES bridge_user (mxid) ON DELETE CASCADE,
+            last_seq BIGINT NOT NULL CHECK (last_seq BETWEEN 1 AND 9999999999)
+        )"""
+    )
+    await db.execute(
+        """CREATE TABLE qq_seq_issued (
+            mxid      TEXT NOT NULL REFERENCES bridge_user (mxid) ON DELETE CASCADE,
+            purpose   TEXT NOT NULL,
+            seq       BIGINT NOT NULL,
+            issued_at BIGINT NOT NULL,
+            PRIMARY KEY (mxid, purpose)
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    v1_matrix_side,
+]
+
+LATEST_VERSION = len(MIGRATIONS)
+
+
+async def upgrade(
+    db: Database,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Bring `db` to the newest version in `migrations`; return that version.
+
+    Raises `SchemaTooNewError` (database newer than the code) or `MigrationError`.
+    """
+    known = len(migrations)
+    while True:
+        async with db.transaction():
+            await db.migration_lock()
+            # Created inside the first migration's transaction, so a failed first
+            # migration leaves a truly empty database.
+            await db.execute(
+                """CREATE TABLE IF NOT EXISTS schema_version (
+                    version    INTEGER PRIMARY KEY,
+                    applied_at BIGINT NOT NULL
+                )"""
+            )
+            # Read under the lock: another process may have upgraded meanwhile.
+            current = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+            if current > known:
+                raise SchemaTooNewError(current, known)
+            if current == known:
+                return current
+            migration = migrations[current]
+            name = getattr(migration, "__name__", repr(migration))
+            try:
+                await migration(db)
+            except Exception as e:
+                raise MigrationError(
+                    f"database migration {current + 1} ({name}) failed on {db.url}, nothing of it was applied: {e}"
+                ) from e
+            await db.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                current + 1,
+                int(clock() * 1000),
+            )
+        log.info("database migrated", version=current + 1, migration=name, url=db.url)
+
+
+async def schema_version(db: Database) -> int:
+    """The version recorded in `db` (the database must have been opened by the store)."""
+    return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))

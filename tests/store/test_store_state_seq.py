@@ -1,0 +1,91 @@
+"""Bridge state (key -> text) and the QQ request SEQ counter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from qqbridge.store import SEQ_MAX, InvalidValueError, NotFoundError, Store
+from tests.store.clock import FakeClock
+
+OpenStore = Callable[[], Awaitable[Store]]
+
+ALICE, BOB = "@alice:example.org", "@bob:example.org"
+
+
+async def test_state_get_set_forget(open_store: OpenStore) -> None:
+    store = await open_store()
+    assert await store.get_state("sync.last") is None
+    await store.set_state("sync.last", "1")
+    await store.set_state("sync.last", "2")
+    await store.set_state("bot.displayname", "QQ bridge 桥")
+    await store.close()
+
+    store = await open_store()
+    assert await store.get_state("sync.last") == "2"
+    assert await store.get_state("bot.displayname") == "QQ bridge 桥"
+    await store.set_state("sync.last", None)
+    assert await store.get_state("sync.last") is None
+    await store.set_state("sync.last", None)  # forgetting twice is fine
+    with pytest.raises(InvalidValueError):
+        await store.set_state("n", 5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError):
+        await store.get_state("")
+
+
+async def test_seq_increases_and_is_remembered_per_purpose(store: Store) -> None:
+    await store.upsert_user(ALICE)
+    seqs = [await store.next_seq(ALICE, purpose) for purpose in ("GetMsgEx", "CLTMSG", "GetMsgEx", "Login")]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))
+    assert all(1 <= s <= SEQ_MAX for s in seqs)
+    assert await store.last_seq(ALICE, "GetMsgEx") == seqs[2]
+    assert await store.last_seq(ALICE, "CLTMSG") == seqs[1]
+    assert await store.last_seq(ALICE, "Change_Stat") is None
+
+
+async def test_seq_is_stored_before_it_is_returned(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.upsert_user(ALICE)
+    issued = await store.next_seq(ALICE, "CLTMSG")
+    await store.close()  # "crash" right after the request went out
+
+    store = await open_store()
+    assert await store.last_seq(ALICE, "CLTMSG") == issued  # retry with the same SEQ
+    assert await store.next_seq(ALICE, "CLTMSG") == issued + 1  # never reused
+
+
+async def test_counters_are_per_user_and_start_from_the_clock(store: Store, clock: FakeClock) -> None:
+    await store.upsert_user(ALICE)
+    await store.upsert_user(BOB)
+    first_alice = await store.next_seq(ALICE, "p")
+    assert first_alice == int(clock.now * 10) % SEQ_MAX + 1
+    await store.next_seq(ALICE, "p")
+    clock.advance(60)
+    # A counter created a minute later starts 600 higher: a recreated counter does
+    # not reuse SEQs the server may still remember.
+    assert await store.next_seq(BOB, "p") == first_alice + 600
+    assert await store.next_seq(ALICE, "p") == first_alice + 2
+
+
+async def test_seq_wraps_to_1(store: Store) -> None:
+    await store.upsert_user(ALICE)
+    await store.next_seq(ALICE, "p")
+    await store.db.execute("UPDATE qq_seq SET last_seq = $1 WHERE mxid = $2", SEQ_MAX - 1, ALICE)
+    assert [await store.next_seq(ALICE, "p") for _ in range(3)] == [SEQ_MAX, 1, 2]
+    assert await store.last_seq(ALICE, "p") == 2
+
+
+async def test_concurrent_seqs_are_distinct(open_store: OpenStore) -> None:
+    first, second = await open_store(), await open_store()
+    await first.upsert_user(ALICE)
+    seqs = await asyncio.gather(*(s.next_seq(ALICE, "p") for _ in range(20) for s in (first, second)))
+    assert sorted(seqs) == list(range(min(seqs), min(seqs) + 40))
+
+
+async def test_seq_needs_a_known_user(store: Store) -> None:
+    with pytest.raises(NotFoundError, match=ALICE):
+        await store.next_seq(ALICE, "p")
+    with pytest.raises(InvalidValueError):
+        await store.next_seq(ALICE, "")

@@ -1,13 +1,29 @@
 """The `qqbridge` command line: one subcommand per part of the project.
 
-Each subcommand's module owns its own arguments (`add_arguments(parser)`) and its
-behaviour (`run(args) -> int`); this file only wires them together.
+Each subcommand's module owns its behaviour; this file parses arguments and turns
+configuration errors into one clear line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from qqbridge.app import run
+    from qqbridge.config import load_config
+
+    return run(load_config(args.config))
+
+
+def _generate_registration(args: argparse.Namespace) -> int:
+    from qqbridge.registration import generate
+
+    generate(Path(args.config), Path(args.output))
+    print(f"wrote {args.output}; the config {args.config} now holds the same tokens")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="qqbridge", description="Matrix <-> QQ bridge")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the bridge (appservice endpoint and QQ pollers)")
+    run.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    run.set_defaults(handler=_run)
+
+    reg = sub.add_parser("generate-registration", help="write the appservice registration for the homeserver")
+    reg.add_argument("-c", "--config", required=True, help="the config file; gets the new tokens too")
+    reg.add_argument("-o", "--output", default="registration.yaml", help="where to write the registration")
+    reg.set_defaults(handler=_generate_registration)
+
     sim = sub.add_parser("qq-sim", help="serve the QQ HTTP protocol 1.1 from a fixture (simulator)")
     qqsim_cli.add_arguments(sim)
     sim.set_defaults(handler=qqsim_cli.run)
@@ -22,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return int(args.handler(args) or 0)
+    from qqbridge.config import ConfigError
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"qqbridge: bad config: {exc}", file=sys.stderr)
+        return 2

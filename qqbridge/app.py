@@ -1,0 +1,71 @@
+"""The composition root: `qqbridge run` builds every part from the config, wires them
+together, serves the appservice endpoint and runs until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from qqbridge import log as logsetup
+from qqbridge.bridge.core import Bridge
+from qqbridge.config import Config
+from qqbridge.matrix.api import HomeserverAPI, MatrixError
+from qqbridge.matrix.appservice import AppserviceEndpoint
+from qqbridge.qq import QQClient
+from qqbridge.store import Store
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_SECONDS = 10
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    store = await Store.open(config.database.url)
+    matrix = HomeserverAPI(config.homeserver.url, config.appservice.as_token, config.bot_mxid)
+
+    def qq_for(uin: int) -> QQClient:
+        return QQClient(config.qq.server_url, uin, local_address=config.qq.local_address, timeout=config.qq.timeout)
+
+    bridge = Bridge(config, store, matrix, qq_for)
+    endpoint = AppserviceEndpoint(
+        config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists
+    )
+    runner = web.AppRunner(endpoint.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.appservice.host, config.appservice.port)
+    await site.start()
+    try:
+        await bridge.start()
+        try:
+            await matrix.set_displayname(config.bot_mxid, config.appservice.bot_displayname)
+        except MatrixError as exc:
+            log.warning("could not set the bot's display name", error=str(exc))
+        log.info("qqbridge ready", listen=f"{config.appservice.host}:{config.appservice.port}",
+                 homeserver=config.homeserver.url, bot=config.bot_mxid)  # fmt: skip
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        try:
+            await asyncio.wait_for(bridge.stop(), SHUTDOWN_SECONDS)
+        except asyncio.TimeoutError:
+            log.warning("shutdown took too long; leaving the rest")
+        await runner.cleanup()
+        await matrix.close()
+        await store.close()
+
+
+def run(config: Config) -> int:
+    logsetup.configure(config.logging.format, config.logging.level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())
+    return 0

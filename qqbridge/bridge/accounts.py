@@ -1,0 +1,237 @@
+"""Each bridged QQ account's session with the QQ server, and its poller.
+
+    ┌────────────┐ login ok ┌────────┐  RES=20 (session lost): quiet re-login
+    │ connecting │─────────▶│ online │──────────────┐
+    └────────────┘◀─────────└────────┘◀─────────────┘
+      │  ▲  server down /       │ GetMsgEx, drained while full; fast while a chat is
+      │  │  no answer           │ active, backing off when idle, never slower than HI
+      ▼  │                      ▼
+    ┌─────────────┐         events handed to `deliver`, which stores them before the
+    │ unreachable │         GetMsgEx SEQ is released (a lost reply is fetched again
+    └─────────────┘         with the same SEQ, PROTOCOL.md §4)
+      wrong password at any login ──▶ bad_password: the poller stops, the user is told
+
+One account's failure never touches another's: each runs in its own task, and
+everything it raises is caught there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from qqbridge.bridge.ports import QQ, QQFactory
+from qqbridge.qq import errors, model
+
+log = structlog.get_logger(__name__)
+
+Deliver = Callable[[str, int, list[model.Event]], Awaitable[None]]
+Notify = Callable[[str, str], Awaitable[None]]
+
+
+class AccountState(str, enum.Enum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    UNREACHABLE = "unreachable"
+    BAD_PASSWORD = "bad_password"
+    STOPPED = "stopped"
+
+
+class Backoff:
+    """Doubling waits with jitter, capped; `reset` after a success."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+        self.first, self.cap, self._next = first, cap, first
+
+    def next(self) -> float:
+        wait = self._next * (0.5 + random.random() / 2)
+        self._next = min(self._next * 2, self.cap)
+        return wait
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class QQAccount:
+    def __init__(
+        self,
+        mxid: str,
+        uin: int,
+        password_md5: str,
+        *,
+        qq: QQ,
+        store: Any,
+        deliver: Deliver,
+        notify: Notify,
+        poll_fast: float = 1.0,
+        poll_idle: float = 30.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        self.mxid, self.uin = mxid, uin
+        self._password_md5 = password_md5
+        self.qq = qq
+        self._store = store
+        self._deliver = deliver
+        self._notify = notify
+        self._poll_fast, self._poll_idle = poll_fast, poll_idle
+        self._backoff = Backoff(min(1.0, poll_idle), backoff_cap)
+        self.state = AccountState.CONNECTING
+        self.status = model.Status.OFFLINE
+        self.logged_in = False
+        self.last_poll: float | None = None  # wall-clock time of the last good GetMsgEx
+        self.fetched = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    async def login(self) -> model.LoginOk:
+        """Log in now; WrongPassword, IllegalAccount and connection errors reach the caller."""
+        self.state = AccountState.CONNECTING
+        answer = await self.qq.login(self._password_md5)
+        self.logged_in, self.state, self.status = True, AccountState.ONLINE, model.Status.ONLINE
+        self._poll_idle = min(self._poll_idle, answer.heartbeat)
+        return answer
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"poller {self.uin}")
+
+    def poke(self) -> None:
+        """Poll now (a chat just became active)."""
+        self._wake.set()
+
+    async def stop(self, *, logout: bool) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if logout and self.logged_in:
+            try:
+                await self.qq.logout()
+            except errors.QQError as exc:
+                log.info("logout not confirmed by QQ", uin=self.uin, error=str(exc))
+        self.logged_in, self.state, self.status = False, AccountState.STOPPED, model.Status.OFFLINE
+        await self.qq.aclose()
+
+    # ---- the poller --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        idle = self._poll_fast
+        while True:
+            try:
+                if not self.logged_in:
+                    await self.login()
+                    log.info("QQ session open", uin=self.uin)
+                had_events = await self.poll_once()
+                self._backoff.reset()
+                self.last_error = None
+                idle = self._poll_fast if had_events else min(idle * 2, self._poll_idle)
+                await self._pause(idle)
+            except asyncio.CancelledError:
+                raise
+            except errors.NotLoggedIn:
+                log.info("QQ session lost; logging in again", uin=self.uin)
+                self.logged_in = False
+            except errors.WrongPassword as exc:
+                await self._stop_for_password(exc)
+                return
+            except (errors.ServerUnavailable, errors.OutcomeUnknown, errors.RateLimited,
+                    errors.RemoteProtocolError, errors.NullReply, errors.IllegalAccount) as exc:  # fmt: skip
+                await self._trouble(str(exc))
+            except Exception as exc:  # a bug must not kill the poller or touch other accounts
+                log.exception("poller failure", uin=self.uin)
+                await self._trouble(f"{type(exc).__name__}: {exc}")
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _trouble(self, why: str) -> None:
+        self.last_error = why
+        if self.state is not AccountState.UNREACHABLE:
+            log.warning("QQ server trouble; retrying with backoff", uin=self.uin, error=why)
+        self.state = AccountState.UNREACHABLE
+        await asyncio.sleep(self._backoff.next())
+
+    async def _stop_for_password(self, exc: errors.WrongPassword) -> None:
+        self.logged_in, self.state = False, AccountState.BAD_PASSWORD
+        self.last_error = str(exc)
+        await self._store.set_login_state(self.mxid, "bad_password")
+        await self._notify(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
+                           f"polling stopped. Type `login {self.uin}` to log in again.")
+
+    async def poll_once(self) -> bool:
+        """One round of GetMsgEx, drained while full. The SEQ is stored before it is
+        sent and released only after `deliver` has stored the events."""
+        got_any = False
+        while True:
+            key = f"getmsg-pending:{self.mxid}"
+            pending = await self._store.get_state(key)
+            seq = int(pending) if pending else await self._store.next_seq(self.mxid, "getmsg")
+            if not pending:
+                await self._store.set_state(key, str(seq))
+            batch = await self.qq.fetch_messages(seq=seq)
+            if batch.events:
+                await self._deliver(self.mxid, seq, list(batch.events))
+                got_any = True
+                self.fetched += len(batch.events)
+            await self._store.set_state(key, None)
+            self.last_poll = time.time()
+            self.state = AccountState.ONLINE
+            if not batch.full:
+                return got_any
+
+
+class Accounts:
+    """Every running QQAccount, by Matrix user."""
+
+    def __init__(self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, **options: Any) -> None:
+        self._factory = qq_factory
+        self._store = store
+        self._deliver = deliver
+        self._notify = notify
+        self._options = options
+        self.running: dict[str, QQAccount] = {}
+
+    def get(self, mxid: str) -> QQAccount | None:
+        return self.running.get(mxid)
+
+    def new(self, mxid: str, uin: int, password_md5: str) -> QQAccount:
+        return QQAccount(
+            mxid, uin, password_md5, qq=self._factory(uin), store=self._store,
+            deliver=self._deliver, notify=self._notify, **self._options,
+        )  # fmt: skip
+
+    async def begin(self, account: QQAccount) -> None:
+        """Take over an account that has logged in, and start polling for it."""
+        old = self.running.pop(account.mxid, None)
+        if old is not None:
+            await old.stop(logout=old.uin != account.uin)
+        self.running[account.mxid] = account
+        account.start()
+
+    async def resume(self, mxid: str, uin: int, password_md5: str) -> None:
+        """At start-up: poll again for an account that was logged in (it logs in quietly)."""
+        account = self.new(mxid, uin, password_md5)
+        self.running[mxid] = account
+        account.start()
+
+    async def end(self, mxid: str, *, logout: bool = True) -> QQAccount | None:
+        account = self.running.pop(mxid, None)
+        if account is not None:
+            await account.stop(logout=logout)
+        return account
+
+    async def close(self) -> None:
+        """Shutdown: stop every poller; sessions stay open on QQ so a restart resumes them."""
+        await asyncio.gather(*(self.end(mxid, logout=False) for mxid in list(self.running)))

@@ -1,0 +1,94 @@
+"""Commands typed in a control room: a registry of handlers with strict parsing.
+
+Each command is an `argparse` parser that raises `CommandError` instead of exiting,
+so a malformed command answers with its usage and changes nothing (heisenbridge's
+way). Handlers are registered with their help text and whether they need admin
+rights or a logged-in QQ account (mautrix's way), and `help` is built from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+
+class CommandError(Exception):
+    """A command the user typed cannot run; the message tells them why and how."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{message}\nusage: {self.format_usage().removeprefix('usage: ').strip()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise CommandError(message or self.format_usage())
+
+
+def qq_number(text: str) -> int:
+    """A legal QQ number (PROTOCOL.md §3): 10000 to 4294967295."""
+    if not text.isdigit() or not 10000 <= int(text) <= 4294967295:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a QQ number (10000 to 4294967295)")
+    return int(text)
+
+
+Handler = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    parser: _Parser
+    handler: Handler
+    admin: bool = False
+    needs_login: bool = False
+
+
+class CommandTable:
+    def __init__(self) -> None:
+        self.commands: dict[str, Command] = {}
+
+    def add(
+        self,
+        name: str,
+        summary: str,
+        handler: Handler,
+        *,
+        arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+        admin: bool = False,
+        needs_login: bool = False,
+    ) -> None:
+        parser = _Parser(prog=name, description=summary, add_help=False)
+        arguments(parser)
+        self.commands[name] = Command(name, summary, parser, handler, admin, needs_login)
+
+    def parse(self, text: str) -> tuple[Command, argparse.Namespace]:
+        """Find the command and parse its arguments; CommandError on anything wrong."""
+        # Plain white-space words: a reason such as "don't know you" must survive as typed.
+        words = text.split()
+        if not words:
+            raise CommandError("empty command; type `help` for the list")
+        command = self.commands.get(words[0].lower())
+        if command is None:
+            raise CommandError(f"unknown command `{words[0]}`; type `help` for the list")
+        return command, command.parser.parse_args(words[1:])
+
+    def help_text(self, *, admin: bool) -> str:
+        lines = []
+        for command in self.commands.values():
+            if command.admin and not admin:
+                continue
+            usage = command.parser.format_usage().removeprefix("usage: ").strip()
+            lines.append(f"{usage} — {command.summary}" + (" (admin)" if command.admin else ""))
+        return "\n".join(lines)
+
+
+def rest_of_line(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """An optional free-text argument that takes the remaining words (a reason)."""
+    parser.add_argument(name, nargs=argparse.REMAINDER, help=help)
+
+
+def joined(words: Any) -> str:
+    return " ".join(words or [])

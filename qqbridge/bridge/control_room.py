@@ -1,0 +1,225 @@
+"""The control room (BRIDGE.md §3): a direct chat with the bot where a user logs into
+QQ and manages the bridge. Commands are plain messages; each one answers, and a
+malformed one answers with its usage and changes nothing."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
+from qqbridge.matrix.api import MatrixError
+from qqbridge.qq import errors, model, password_md5
+from qqbridge.store import ConflictError
+
+if TYPE_CHECKING:
+    from qqbridge.bridge.core import Bridge
+
+log = structlog.get_logger(__name__)
+
+WELCOME = "Hello! This is your QQ bridge control room. Type `login <QQ number>` to bridge your QQ account."
+STATUSES = {"online": model.Status.ONLINE, "busy": model.Status.BUSY,
+            "invisible": model.Status.INVISIBLE, "offline": model.Status.OFFLINE}  # fmt: skip
+
+
+class Reply:
+    """Answers to one command, each with a transaction id derived from the command's
+    event, so handling the same event again after a crash sends nothing new."""
+
+    def __init__(self, bridge: Bridge, room_id: str, cause: str) -> None:
+        self._bridge, self.room_id, self._cause, self._count = bridge, room_id, cause, 0
+
+    async def __call__(self, text: str) -> None:
+        from qqbridge.bridge.core import txn_for
+
+        self._count += 1
+        await self._bridge.notice(self.room_id, text, txn_id=txn_for("reply", self._cause, self._count))
+
+
+class ControlRoom:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.store = bridge.store
+        self.table = table = CommandTable()
+        table.add("help", "list the commands", self.cmd_help)
+        table.add("login", "log into a QQ account (the password is asked next)", self.cmd_login,
+                  arguments=lambda p: p.add_argument("uin", type=qq_number, help="your QQ number"))
+        table.add("logout", "log the QQ account out and stop bridging it", self.cmd_logout, needs_login=True)
+        table.add("ping", "the QQ session's state, last poll and queues", self.cmd_ping)
+        table.add("status", "show or set your QQ status", self.cmd_status, needs_login=True,
+                  arguments=lambda p: p.add_argument("status", nargs="?", choices=list(STATUSES)))
+        table.add("cancel", "stop waiting for a password", self.cmd_cancel)
+        table.add("accounts", "every bridged account and its state", self.cmd_accounts, admin=True)
+        table.add("logout-user", "force a user's QQ account out", self.cmd_logout_user, admin=True,
+                  arguments=lambda p: p.add_argument("mxid", help="the Matrix ID"))  # fmt: skip
+
+    # ---- room membership ---------------------------------------------------------------
+
+    async def invited(self, room_id: str, inviter: str, event_id: str) -> None:
+        matrix = self.bridge.matrix
+        reply = Reply(self.bridge, room_id, event_id)
+        await matrix.join(room_id)
+        if not self.bridge.permissions.may_use(inviter):
+            log.info("refused a user without permission", mxid=inviter)
+            await reply(f"Sorry, {inviter} is not allowed to use this bridge. Ask its administrator to "
+                        "add you to `permissions` in the bridge's config.")  # fmt: skip
+            await matrix.leave(room_id)
+            return
+        await self.store.set_control_room(inviter, room_id)
+        await reply(WELCOME + "\n\n" + self.table.help_text(admin=self.bridge.permissions.is_admin(inviter)))
+
+    async def member_left(self, room_id: str, mxid: str) -> None:
+        user = await self.store.get_user_by_control_room(room_id)
+        if user is not None and user.mxid == mxid:
+            await self.store.set_control_room(mxid, None)
+            try:
+                await self.bridge.matrix.leave(room_id)
+            except MatrixError as exc:
+                log.info("could not leave a closed control room", room_id=room_id, error=str(exc))
+
+    # ---- messages ----------------------------------------------------------------------
+
+    async def message(self, room_id: str, sender: str, event_id: str, content: dict[str, Any]) -> None:
+        user = await self.store.get_user_by_control_room(room_id)
+        if user is None:
+            return  # not a control room: portals come with the bridging issue
+        reply = Reply(self.bridge, room_id, event_id)
+        if sender != user.mxid:
+            await reply(f"Only {user.mxid} can give commands in this room.")
+            return
+        if not self.bridge.permissions.may_use(sender):
+            await reply("You are no longer allowed to use this bridge.")
+            return
+        body = content.get("body")
+        if not isinstance(body, str) or content.get("msgtype") not in ("m.text", "m.notice"):
+            await reply("Commands are plain text messages; type `help` for the list.")
+            return
+        if user.login_state == "awaiting_password":
+            await self._password(user, room_id, event_id, body, reply)
+            return
+        text = body.strip().removeprefix("!qq").strip()
+        try:
+            command, args = self.table.parse(text)
+            if command.admin and not self.bridge.permissions.is_admin(sender):
+                raise CommandError(f"`{command.name}` is for bridge admins only")
+            if command.needs_login and self.bridge.accounts.get(sender) is None:
+                raise CommandError(f"`{command.name}` needs a QQ login; type `login <QQ number>` first")
+            await command.handler(user, args, reply)
+        except CommandError as exc:
+            await reply(str(exc))
+
+    async def _password(self, user: Any, room_id: str, event_id: str, body: str, reply: Reply) -> None:
+        """The message after `login <uin>`: redact it first, keep only its MD5, try it."""
+        redacted = True
+        try:
+            await self.bridge.matrix.redact(room_id, event_id, txn_id=f"redact-{event_id}", reason="QQ password")
+        except MatrixError as exc:
+            redacted = False
+            log.warning("could not redact a password message", room_id=room_id, error=exc.errcode)
+        await self.store.forget_event_content(event_id)
+        uin = user.pending_login_uin
+        if body.strip().lower() == "cancel":
+            await self.store.set_login_state(user.mxid, "logged_out")
+            await reply("Login cancelled.")
+            return
+        if not redacted:
+            await reply("I could not redact your password message (I lack the power to); please delete it yourself.")
+        account = self.bridge.accounts.new(user.mxid, uin, password_md5(body))
+        try:
+            await account.login()
+        except (errors.QQError, OSError) as exc:
+            await account.qq.aclose()
+            await self.store.set_login_state(user.mxid, "logged_out")
+            await reply(_login_failure(uin, exc))
+            return
+        try:
+            await self.store.complete_login(user.mxid, uin, password_md5(body))
+        except ConflictError:
+            await account.stop(logout=True)
+            await self.store.set_login_state(user.mxid, "logged_out")
+            await reply(f"QQ {uin} was bridged for another Matrix user meanwhile; nothing was stored.")
+            return
+        await self.bridge.accounts.begin(account)
+        await reply(f"Logged into QQ as {uin}. Your QQ messages will now reach you here.")
+
+    # ---- commands ----------------------------------------------------------------------
+
+    async def cmd_help(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        await reply(self.table.help_text(admin=self.bridge.permissions.is_admin(user.mxid)))
+
+    async def cmd_login(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        try:
+            await self.store.begin_login(user.mxid, args.uin)
+        except ConflictError:
+            raise CommandError(f"QQ {args.uin} is already bridged for another Matrix user") from None
+        await reply(f"Send your QQ password for {args.uin} as your next message (or `cancel`). "
+                    "I will redact it at once and keep only its MD5, which is what QQ needs.")  # fmt: skip
+
+    async def cmd_cancel(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        await reply("Nothing to cancel: no login is waiting for a password.")
+
+    async def cmd_logout(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = await self.bridge.accounts.end(user.mxid, logout=True)
+        await self.store.logout(user.mxid)
+        await reply(f"Logged out of QQ {account.uin if account else ''}. Your portals stay; "
+                    "type `login <QQ number>` to bridge again.")  # fmt: skip
+
+    async def cmd_ping(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self.bridge.accounts.get(user.mxid)
+        if account is None:
+            state = "bad password; type `login` again" if user.login_state == "bad_password" else "not logged in"
+            await reply(f"QQ: {state}.")
+            return
+        last = f"{time.time() - account.last_poll:.0f} s ago" if account.last_poll else "not yet"
+        lines = [f"QQ {account.uin}: {account.state.value}, status {account.status.name.lower()}",
+                 f"last poll: {last}; messages fetched: {account.fetched}"]  # fmt: skip
+        if account.last_error:
+            lines.append(f"last problem: {account.last_error}")
+        await reply("\n".join(lines))
+
+    async def cmd_status(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self.bridge.accounts.get(user.mxid)
+        assert account is not None  # needs_login
+        if args.status is None:
+            await reply(f"Your QQ status is {account.status.name.lower()}.")
+            return
+        try:
+            await account.qq.set_status(STATUSES[args.status])
+        except errors.RateLimited:
+            await reply("QQ says you changed your status too often; try again in a little while.")
+            return
+        except errors.QQError as exc:
+            await reply(f"QQ did not change your status: {exc}")
+            return
+        account.status = STATUSES[args.status]
+        await reply(f"Your QQ status is now {args.status}.")
+
+    async def cmd_accounts(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        lines = []
+        for bridged in await self.store.list_users():
+            account = self.bridge.accounts.get(bridged.mxid)
+            state = account.state.value if account else bridged.login_state
+            lines.append(f"{bridged.mxid}: QQ {bridged.qq_uin or '-'}, {state}")
+        await reply("\n".join(lines) or "Nobody uses the bridge yet.")
+
+    async def cmd_logout_user(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        target = await self.store.get_user(args.mxid)
+        if target is None:
+            raise CommandError(f"{args.mxid} does not use this bridge")
+        account = await self.bridge.accounts.end(args.mxid, logout=True)
+        await self.store.logout(args.mxid)
+        await self.bridge.tell_user(args.mxid, f"An administrator ({user.mxid}) logged your QQ account out.")
+        await reply(f"Logged {args.mxid} out" + (f" of QQ {account.uin}." if account else " (no running session)."))
+
+
+def _login_failure(uin: int, exc: BaseException) -> str:
+    if isinstance(exc, errors.WrongPassword):
+        return f"QQ refused the password for {uin}: {exc.reason or 'wrong password'}. Type `login {uin}` to try again."
+    if isinstance(exc, errors.IllegalAccount):
+        return f"QQ says {uin} is not an account it knows. Nothing was stored."
+    if isinstance(exc, errors.RateLimited):
+        return "QQ says to slow down; wait a little, then type `login` again. Nothing was stored."
+    return f"Could not log in: the QQ server did not answer properly ({exc}). Nothing was stored; try again later."

@@ -1,0 +1,157 @@
+"""The bridge's configuration: one YAML file, overridable by `QQBRIDGE_...` variables.
+
+A nested key is reached with a double underscore: `homeserver.url` is
+`QQBRIDGE_HOMESERVER__URL`. A bad value stops the start with one message naming the
+key (`ConfigError`); nothing else reads files or the environment for settings.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+MXID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d+)?$")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Homeserver(_Section):
+    url: str = Field(description="how the bridge reaches the homeserver's client API")
+    domain: str = Field(description="the server name in Matrix IDs (the part after ':')")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class Appservice(_Section):
+    id: str = "qqbridge"
+    host: str = "127.0.0.1"
+    port: int = Field(29340, ge=1, le=65535)
+    url: str = Field("http://127.0.0.1:29340", description="how the homeserver reaches the bridge")
+    as_token: str = ""
+    hs_token: str = ""
+    bot_localpart: str = "qqbridge"
+    bot_displayname: str = "QQ bridge"
+    puppet_localpart: str = Field("_qq_{uin}", description="template; must contain {uin}")
+    puppet_displayname: str = Field("{nick} (QQ)", description="template; may use {nick} and {uin}")
+
+    @field_validator("puppet_localpart")
+    @classmethod
+    def _has_uin(cls, value: str) -> str:
+        if "{uin}" not in value or not re.fullmatch(r"[a-z0-9._=\-/]*\{uin\}[a-z0-9._=\-/]*", value):
+            raise ValueError("must contain {uin} and only lower-case localpart characters")
+        return value
+
+
+class QQ(_Section):
+    server_url: str = "http://127.0.0.1:8000/"
+    timeout: float = Field(45.0, gt=0, description="seconds; longer than the slow 30 s RES=3 reply")
+    local_address: str | None = Field(None, description="source address for QQ requests")
+    poll_fast: float = Field(1.0, gt=0, description="seconds between polls while a chat is active")
+    poll_idle: float = Field(30.0, gt=0, description="slowest poll; never longer than the server's HI")
+    time_scale: float = Field(1.0, gt=0, description="multiplies the protocol's waits (tests only)")
+
+
+class Database(_Section):
+    url: str = "sqlite:///qqbridge.db"
+
+
+class Logging(_Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QQBRIDGE_", env_nested_delimiter="__", extra="forbid")
+
+    homeserver: Homeserver
+    appservice: Appservice = Appservice()
+    qq: QQ = QQ()
+    database: Database = Database()
+    logging: Logging = Logging()
+    permissions: dict[str, Literal["user", "admin"]] = Field(default_factory=dict)
+
+    @field_validator("permissions")
+    @classmethod
+    def _subjects(cls, value: dict[str, str]) -> dict[str, str]:
+        for subject in value:
+            if subject != "*" and not subject.startswith("@") and not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?", subject):
+                raise ValueError(f"{subject!r} is neither a Matrix ID, a domain nor '*'")
+            if subject.startswith("@") and not MXID.match(subject):
+                raise ValueError(f"{subject!r} is not a valid Matrix ID")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment overrides them.
+        return env_settings, init_settings
+
+    # ---- derived names ---------------------------------------------------------------
+
+    @property
+    def bot_mxid(self) -> str:
+        return f"@{self.appservice.bot_localpart}:{self.homeserver.domain}"
+
+    def puppet_mxid(self, uin: int) -> str:
+        return f"@{self.appservice.puppet_localpart.format(uin=uin)}:{self.homeserver.domain}"
+
+    def puppet_uin(self, mxid: str) -> int | None:
+        """The UIN of a puppet's Matrix ID, or None if it is not one of ours."""
+        prefix, _, suffix = self.appservice.puppet_localpart.partition("{uin}")
+        pattern = f"@{re.escape(prefix)}(\\d{{1,10}}){re.escape(suffix)}:{re.escape(self.homeserver.domain)}"
+        match = re.fullmatch(pattern, mxid)
+        return int(match.group(1)) if match else None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{source}: {key}: {first['msg']}{more}"
+
+
+def load_config(path: str | Path, *, require_tokens: bool = True) -> Config:
+    """Read the YAML file, apply the environment, validate; raise ConfigError naming the key."""
+    path = Path(path)
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections")
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from None
+    if require_tokens:
+        for key in ("as_token", "hs_token"):
+            if len(getattr(config.appservice, key)) < 16:
+                raise ConfigError(
+                    f"{path}: appservice.{key}: missing or too short; run "
+                    f"`qqbridge generate-registration -c {path} -o registration.yaml`"
+                )
+    return config

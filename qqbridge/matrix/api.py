@@ -1,0 +1,191 @@
+"""Calling the homeserver as the bridge bot or as a puppet.
+
+Requests are built by `nio.Api` (method, path, body) and answers parsed by nio's
+response classes; what nio lacks for an application service is added here: the
+`as_token` in an `Authorization` header (never in a URL, where logs would keep it),
+`user_id=` masquerading, registering puppets on first use, and retries: 429 waits
+`retry_after_ms`, 5xx and connection failures back off exponentially with jitter.
+Anything else the homeserver refuses raises `MatrixError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import structlog
+from nio import Api, RoomCreateResponse, RoomSendResponse
+
+log = structlog.get_logger(__name__)
+
+_PLACEHOLDER = "-"  # nio's builders insist on a token; ours travels in a header instead
+
+
+class MatrixError(Exception):
+    """The homeserver refused a request for good (not worth retrying)."""
+
+    def __init__(self, status: int, errcode: str, message: str, what: str) -> None:
+        super().__init__(f"{what}: HTTP {status} {errcode}: {message}")
+        self.status = status
+        self.errcode = errcode
+
+
+def _masquerade(path: str, user_id: str | None) -> str:
+    parts = urlsplit(path)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "access_token"]
+    if user_id:
+        query.append(("user_id", user_id))
+    return urlunsplit(("", "", parts.path, urlencode(query), ""))
+
+
+class HomeserverAPI:
+    def __init__(
+        self,
+        base_url: str,
+        as_token: str,
+        bot_mxid: str,
+        *,
+        max_attempts: int = 8,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.bot_mxid = bot_mxid
+        self._auth = {"Authorization": f"Bearer {as_token}"}
+        self._max_attempts = max_attempts
+        self._max_backoff = max_backoff
+        self._session: aiohttp.ClientSession | None = None
+        self._registered: set[str] = set()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self._session
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, user_id: str | None = None, what: str = ""
+    ) -> dict[str, Any]:
+        """One call, retried while the failure is passing; returns the JSON answer."""
+        url = self.base_url + _masquerade(path, user_id)
+        data = body if isinstance(body, str) or body is None else json.dumps(body)
+        what = what or f"{method} {urlsplit(path).path}"
+        delay = 0.5
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                async with self._http().request(
+                    method, url, data=data, headers={**self._auth, "Content-Type": "application/json"}
+                ) as response:
+                    status = response.status
+                    try:
+                        answer = await response.json(content_type=None)
+                    except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                        answer = {}
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                status, answer = 0, {"errcode": "M_UNREACHABLE", "error": str(exc) or type(exc).__name__}
+            if not isinstance(answer, dict):
+                answer = {}
+            if 200 <= status < 300:
+                return answer
+            errcode = str(answer.get("errcode", "M_UNKNOWN"))
+            message = str(answer.get("error", ""))
+            if status == 429 or status == 0 or status >= 500:
+                if attempt == self._max_attempts:
+                    break
+                wait = answer.get("retry_after_ms") if status == 429 else None
+                pause = wait / 1000 if isinstance(wait, int) and wait >= 0 else delay * (0.5 + random.random())
+                log.info("homeserver busy, retrying", what=what, status=status, errcode=errcode, pause=round(pause, 2))
+                await asyncio.sleep(min(pause, self._max_backoff))
+                delay = min(delay * 2, self._max_backoff)
+                continue
+            raise MatrixError(status, errcode, message, what)
+        raise MatrixError(status, errcode, message or "gave up after retries", what)
+
+    # ---- users -------------------------------------------------------------------------
+
+    async def ensure_registered(self, mxid: str) -> None:
+        """Register a puppet (or the bot) on first use; an existing user is fine."""
+        if mxid in self._registered:
+            return
+        localpart = mxid[1:].split(":", 1)[0]
+        body = {"type": "m.login.application_service", "username": localpart, "inhibit_login": True}
+        try:
+            await self.request("POST", Api._build_path(["register"]), body, what=f"register {mxid}")
+        except MatrixError as exc:
+            if exc.errcode != "M_USER_IN_USE":
+                raise
+        self._registered.add(mxid)
+
+    async def whoami(self, user_id: str | None = None) -> str:
+        method, path = Api.whoami(_PLACEHOLDER)
+        return str((await self.request(method, path, user_id=user_id))["user_id"])
+
+    async def set_displayname(self, user_id: str, name: str) -> None:
+        method, path, body = Api.profile_set_displayname(_PLACEHOLDER, user_id, name)
+        await self.request(method, path, body, user_id=user_id)
+
+    async def set_presence(self, user_id: str, presence: str, status_msg: str | None = None) -> None:
+        method, path, body = Api.set_presence(_PLACEHOLDER, user_id, presence, status_msg)
+        await self.request(method, path, body, user_id=user_id)
+
+    # ---- rooms -------------------------------------------------------------------------
+
+    async def create_room(self, *, user_id: str | None = None, **options: Any) -> str:
+        method, path, body = Api.room_create(_PLACEHOLDER, **options)
+        answer = await self.request(method, path, body, user_id=user_id, what="create room")
+        parsed = RoomCreateResponse.from_dict(answer)
+        if not isinstance(parsed, RoomCreateResponse):
+            raise MatrixError(200, "M_BAD_JSON", "create room answered without a room_id", "create room")
+        return parsed.room_id
+
+    async def join(self, room_id: str, *, user_id: str | None = None) -> None:
+        method, path = Api.join(_PLACEHOLDER, room_id)
+        await self.request(method, path, {}, user_id=user_id, what=f"join {room_id}")
+
+    async def leave(self, room_id: str, *, user_id: str | None = None) -> None:
+        method, path = Api.room_leave(_PLACEHOLDER, room_id)
+        await self.request(method, path, {}, user_id=user_id, what=f"leave {room_id}")
+
+    async def invite(self, room_id: str, invitee: str, *, user_id: str | None = None) -> None:
+        method, path, body = Api.room_invite(_PLACEHOLDER, room_id, invitee)
+        await self.request(method, path, body, user_id=user_id, what=f"invite to {room_id}")
+
+    async def send(
+        self, room_id: str, content: dict[str, Any], *, txn_id: str, event_type: str = "m.room.message",
+        user_id: str | None = None,
+    ) -> str:
+        """Send an event; the same `txn_id` (per user) returns the same event, never a second one."""
+        method, path, body = Api.room_send(_PLACEHOLDER, room_id, event_type, content, txn_id)
+        answer = await self.request(method, path, body, user_id=user_id, what=f"send to {room_id}")
+        parsed = RoomSendResponse.from_dict(answer, room_id)
+        if not isinstance(parsed, RoomSendResponse):
+            raise MatrixError(200, "M_BAD_JSON", "send answered without an event_id", "send")
+        return parsed.event_id
+
+    async def redact(
+        self, room_id: str, event_id: str, *, txn_id: str, reason: str | None = None, user_id: str | None = None
+    ) -> None:
+        method, path, body = Api.room_redact(_PLACEHOLDER, room_id, event_id, txn_id, reason)
+        await self.request(method, path, body, user_id=user_id, what=f"redact in {room_id}")
+
+    async def mark_read(self, room_id: str, event_id: str, *, user_id: str | None = None) -> None:
+        method, path, body = Api.update_receipt_marker(_PLACEHOLDER, room_id, event_id)
+        await self.request(method, path, body, user_id=user_id, what=f"receipt in {room_id}")
+
+    async def put_state(
+        self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = "", *, user_id: str | None = None
+    ) -> None:
+        method, path, body = Api.room_put_state(_PLACEHOLDER, room_id, event_type, content, state_key)
+        await self.request(method, path, body, user_id=user_id, what=f"state {event_type} in {room_id}")
+
+    async def ping(self, appservice_id: str, transaction_id: str | None = None) -> dict[str, Any]:
+        """Ask the homeserver to ping this appservice back (spec v1.7); for `doctor`."""
+        body = {"transaction_id": transaction_id} if transaction_id else {}
+        path = Api._build_path(["appservice", appservice_id, "ping"], base_path="/_matrix/client/v1")
+        return await self.request("POST", path, body, what="appservice ping")

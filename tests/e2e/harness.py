@@ -1,0 +1,156 @@
+"""The parts of an end-to-end test, each really started: the QQ simulator and the
+bridge as their own processes, Synapse via `qqbridge.local`, and Matrix users driven by
+matrix-nio as a person drives Element."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from nio import (
+    AsyncClient,
+    LoginResponse,
+    RoomCreateResponse,
+    RoomMessageEmote,
+    RoomMessageNotice,
+    RoomMessageText,
+    RoomPreset,
+)
+
+TEXTUAL = (RoomMessageText, RoomMessageNotice, RoomMessageEmote)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+class Process:
+    """A child `python -m qqbridge ...` whose output goes to a log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args, self.log_path, self.env = args, log_path, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this run's output begins in the log file
+
+    def start(self) -> None:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qqbridge", *self.args], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
+        )  # fmt: skip
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log(since_start=True):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.args[0]} did not log {text!r}:\n{self.log()[-3000:]}")
+
+    def log(self, *, since_start: bool = False) -> str:
+        if not self.log_path.exists():
+            return ""
+        data = self.log_path.read_bytes()
+        return data[self._log_start if since_start else 0 :].decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def write_config(path: Path, **sections: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+
+
+class MatrixUser:
+    """One person in Element: logs in, opens DMs, types, and watches rooms."""
+
+    def __init__(self, homeserver: str, mxid: str, password: str) -> None:
+        self.mxid, self.password = mxid, password
+        self.client = AsyncClient(homeserver, mxid)
+        self.timeline: dict[str, list[Any]] = {}
+        self.invites: set[str] = set()
+
+    async def login(self) -> MatrixUser:
+        answer = await self.client.login(self.password)
+        assert isinstance(answer, LoginResponse), answer
+        await self.sync()
+        return self
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def sync(self, timeout_ms: int = 0) -> None:
+        answer = await self.client.sync(timeout=timeout_ms, full_state=False)
+        rooms = getattr(answer, "rooms", None)
+        if rooms is None:
+            return
+        for room_id, room in rooms.join.items():
+            self.timeline.setdefault(room_id, []).extend(room.timeline.events)
+        self.invites.update(rooms.invite)
+
+    async def open_control_room(self, bot: str) -> str:
+        """What Element does for "start a direct chat with the bot"."""
+        answer = await self.client.room_create(
+            is_direct=True, preset=RoomPreset.trusted_private_chat, invite=[bot]
+        )
+        assert isinstance(answer, RoomCreateResponse), answer
+        return answer.room_id
+
+    async def say(self, room_id: str, text: str) -> str:
+        answer = await self.client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": text})
+        return answer.event_id  # type: ignore[union-attr]
+
+    def texts(self, room_id: str, sender: str | None = None) -> list[str]:
+        return [
+            e.body for e in self.timeline.get(room_id, [])
+            if isinstance(e, TEXTUAL) and (sender is None or e.sender == sender)
+        ]  # fmt: skip
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate()
+            if result:
+                return result
+            await self.sync(timeout_ms=500)
+        raise AssertionError(f"{self.mxid} waited {timeout} s in vain for {what or predicate}")
+
+    async def wait_for_text(self, room_id: str, needle: str, *, sender: str | None = None, timeout: float = 30) -> str:
+        """The first message in the room (from `sender`) that contains `needle`."""
+        def found() -> str | None:
+            return next((t for t in self.texts(room_id, sender) if needle in t), None)
+
+        return await self.wait_for(found, timeout, f"{needle!r} in {room_id}")
+
+    async def count_of(self, room_id: str, needle: str) -> int:
+        await self.sync()
+        return sum(needle in t for t in self.texts(room_id))
+
+
+async def room_event(homeserver: str, token: str, room_id: str, event_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(
+            f"{homeserver}/_matrix/client/v3/rooms/{room_id}/event/{event_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return answer.json()
+
+
+async def settle(seconds: float) -> None:
+    await asyncio.sleep(seconds)

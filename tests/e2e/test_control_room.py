@@ -1,0 +1,118 @@
+"""A person in Element (matrix-nio) and the bridge, on a real Synapse and the simulator:
+the control room, logging into QQ with a right and a wrong password, logging out, and
+being refused without permission."""
+
+from __future__ import annotations
+
+import pytest
+
+from qqbridge.qq import QQClient, model, password_md5
+from tests.e2e.harness import room_event
+
+HELP_LINE = "login uin"
+
+
+async def control_room(person, stack) -> str:
+    room = await person.open_control_room(stack.bot)
+    await person.wait_for_text(room, HELP_LINE, sender=stack.bot)
+    return room
+
+
+async def command(person, room: str, text: str, answer: str, stack, timeout: float = 30) -> str:
+    before = len(person.texts(room, stack.bot))
+    await person.say(room, text)
+
+    def new_answer() -> str | None:
+        return next((t for t in person.texts(room, stack.bot)[before:] if answer in t), None)
+
+    return await person.wait_for(new_answer, timeout, f"{answer!r} after {text!r}")
+
+
+async def test_inviting_the_bot_opens_a_control_room_with_help(stack, user) -> None:
+    alice = await user("alice")
+    room = await alice.open_control_room(stack.bot)
+    welcome = await alice.wait_for_text(room, "control room", sender=stack.bot)
+    assert "login <QQ number>" in welcome and "logout" in welcome and "accounts" in welcome  # alice is admin
+    await command(alice, room, "help", "ping", stack)
+
+
+async def test_login_wrong_then_right_password_then_chat_then_logout(stack, user) -> None:
+    carol = await user("carol")
+    room = await control_room(carol, stack)
+    await command(carol, room, "login 10001", "next message", stack)
+    wrong = await carol.say(room, "not-the-password")
+    await carol.wait_for_text(room, "QQ refused the password for 10001", sender=stack.bot)
+    redacted = await room_event(stack.synapse.base_url, carol.client.access_token, room, wrong)
+    assert redacted.get("content") == {} and "redacted_because" in redacted.get("unsigned", {})
+
+    await command(carol, room, "login 10001", "next message", stack)
+    right = await carol.say(room, "secret")
+    await carol.wait_for_text(room, "Logged into QQ as 10001", sender=stack.bot)
+    redacted = await room_event(stack.synapse.base_url, carol.client.access_token, room, right)
+    assert redacted.get("content") == {}
+    assert "secret" not in stack.bridge.log() and password_md5("secret") not in stack.bridge.log()
+    await command(carol, room, "ping", "QQ 10001: online", stack)
+
+    # Bob, a QQ friend, writes through the protocol like any QQ client.
+    async with QQClient(stack.sim_url, 10002) as bob:
+        await bob.login(password_md5("hunter2"))
+        await bob.send_message(10001, "hello from QQ & 你好")
+        await carol.wait_for_text(room, "10002: hello from QQ & 你好", sender=stack.bot)
+        await bob.drain_messages()
+
+        await command(carol, room, "logout", "Logged out of QQ 10001", stack)
+        events = await bob.drain_messages()
+        assert model.StatusChange(10001, model.Status.OFFLINE) in events
+    await command(carol, room, "ping", "QQ: not logged in", stack)
+
+
+async def test_a_user_without_permission_is_refused_and_nothing_is_stored(stack, user) -> None:
+    mallory = await user("mallory")
+    room = await mallory.open_control_room(stack.bot)
+    await mallory.wait_for_text(room, "not allowed to use this bridge", sender=stack.bot)
+    alice = await user("alice")
+    admin_room = await control_room(alice, stack)
+    listing = await command(alice, admin_room, "accounts", "@", stack)
+    assert "mallory" not in listing
+
+
+async def test_malformed_commands_answer_with_usage_and_change_nothing(stack, user) -> None:
+    bob = await user("bob")
+    room = await control_room(bob, stack)
+    assert "usage: login" in await command(bob, room, "login abc", "not a QQ number", stack)
+    await command(bob, room, "login 99", "not a QQ number", stack)
+    await command(bob, room, "frobnicate", "unknown command", stack)
+    await command(bob, room, "accounts", "admins only", stack)
+    await command(bob, room, "status", "needs a QQ login", stack)
+    assert "usage: status" in await command(bob, room, "status sleepy", "invalid choice", stack)
+    await command(bob, room, "ping", "not logged in", stack)  # nothing above started a login
+
+
+async def test_admin_lists_accounts_and_forces_a_user_out(stack, user) -> None:
+    bob, alice = await user("bob"), await user("alice")
+    bob_room = await control_room(bob, stack)
+    await command(bob, bob_room, "login 10002", "next message", stack)
+    await bob.say(bob_room, "hunter2")
+    await bob.wait_for_text(bob_room, "Logged into QQ as 10002", sender=stack.bot)
+    await command(bob, bob_room, "status busy", "now busy", stack)
+    await command(bob, bob_room, "status", "is busy", stack)
+
+    admin_room = await control_room(alice, stack)
+    await command(alice, admin_room, "accounts", "@bob:localhost: QQ 10002, online", stack)
+    await command(alice, admin_room, "logout-user @bob:localhost", "Logged @bob:localhost out of QQ 10002", stack)
+    await bob.wait_for_text(bob_room, "An administrator (@alice:localhost) logged your QQ account out", sender=stack.bot)
+    await command(alice, admin_room, "logout-user @nobody:localhost", "does not use this bridge", stack)
+
+
+async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, user) -> None:
+    person = await user("carol")
+    room = await control_room(person, stack)
+    await command(person, room, "login 10001", "next message", stack)
+    await person.say(room, "secret")
+    await person.wait_for_text(room, "Logged into QQ as 10001", sender=stack.bot)
+    stack.restart_bridge()
+    async with QQClient(stack.sim_url, 10002) as bob:
+        await bob.login(password_md5("hunter2"))
+        await bob.send_message(10001, "are you still there?")
+    await person.wait_for_text(room, "10002: are you still there?", sender=stack.bot)
+    await command(person, room, "logout", "Logged out", stack)

@@ -116,3 +116,23 @@ async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, user) 
         await bob.send_message(10001, "are you still there?")
     await person.wait_for_text(room, "10002: are you still there?", sender=stack.bot)
     await command(person, room, "logout", "Logged out", stack)
+
+
+async def test_a_lost_qq_session_is_reopened_quietly(stack, user) -> None:
+    person = await user("carol")
+    room = await control_room(person, stack)
+    await command(person, room, "login 10001", "next message", stack)
+    await person.say(room, "secret")
+    await person.wait_for_text(room, "Logged into QQ as 10001", sender=stack.bot)
+    before = len(person.texts(room, stack.bot))
+    # The bridge's session is keyed by (127.0.0.1, 10001): a Logout from here ends it.
+    async with QQClient(stack.sim_url, 10001) as same_address:
+        await same_address.logout()
+    async with QQClient(stack.sim_url, 10002) as bob:
+        await bob.login(password_md5("hunter2"))
+        await bob.send_message(10001, "did you notice anything?")
+    await person.wait_for_text(room, "10002: did you notice anything?", sender=stack.bot)
+    said = person.texts(room, stack.bot)[before:]
+    assert not any("refused" in t or "problem" in t for t in said), said
+    assert "QQ session lost; logging in again" in stack.bridge.log()
+    await command(person, room, "logout", "Logged out", stack)

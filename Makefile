@@ -1,0 +1,25 @@
+# The two things a newcomer runs: `make test` (set up, then the whole test suite) and,
+# later, `make demo`. Both build their own virtualenv in .venv from pyproject.toml.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: setup test bench-sim
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The PostgreSQL half of the store tests uses the server at QQBRIDGE_TEST_POSTGRES_URL
+# (default postgresql://postgres@127.0.0.1:5432/postgres) and is skipped, saying so,
+# when none answers there.
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-sim: setup
+	$(PY) bench/sim_rps.py

@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 Deliver = Callable[[str, int, list[model.Event]], Awaitable[None]]
 Notify = Callable[[str, str], Awaitable[None]]
+Hook = Callable[["QQAccount"], Awaitable[None]]
 
 
 class AccountState(str, enum.Enum):
@@ -72,6 +73,8 @@ class QQAccount:
         poll_fast: float = 1.0,
         poll_idle: float = 30.0,
         backoff_cap: float = 60.0,
+        on_login: Hook | None = None,
+        sender: Hook | None = None,
     ) -> None:
         self.mxid, self.uin = mxid, uin
         self._password_md5 = password_md5
@@ -87,7 +90,13 @@ class QQAccount:
         self.last_poll: float | None = None  # wall-clock time of the last good GetMsgEx
         self.fetched = 0
         self.last_error: str | None = None
+        self.friends: set[int] = set()  # as QQ last listed them; strangers are the rest
+        self._on_login = on_login
+        self._sender = sender
+        self._synced = False  # has on_login run since the latest login?
+        self._login_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._send_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     # ---- life cycle --------------------------------------------------------------------
@@ -97,21 +106,33 @@ class QQAccount:
         self.state = AccountState.CONNECTING
         answer = await self.qq.login(self._password_md5)
         self.logged_in, self.state, self.status = True, AccountState.ONLINE, model.Status.ONLINE
+        self._synced = False
         self._poll_idle = min(self._poll_idle, answer.heartbeat)
         return answer
+
+    async def session_lost(self) -> None:
+        """Called on RES=20 by whoever met it: log in again once, whoever asks first."""
+        async with self._login_lock:
+            if self.logged_in:
+                log.info("QQ session lost; logging in again", uin=self.uin)
+                self.logged_in = False
+                await self.login()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"poller {self.uin}")
+        if self._sender is not None and (self._send_task is None or self._send_task.done()):
+            self._send_task = asyncio.create_task(self._sender(self), name=f"sender {self.uin}")
 
     def poke(self) -> None:
         """Poll now (a chat just became active)."""
         self._wake.set()
 
     async def stop(self, *, logout: bool) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [task for task in (self._task, self._send_task) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if logout and self.logged_in:
             try:
                 await self.qq.logout()
@@ -127,8 +148,13 @@ class QQAccount:
         while True:
             try:
                 if not self.logged_in:
-                    await self.login()
+                    async with self._login_lock:
+                        if not self.logged_in:
+                            await self.login()
                     log.info("QQ session open", uin=self.uin)
+                if not self._synced and self._on_login is not None:
+                    await self._on_login(self)
+                self._synced = True
                 had_events = await self.poll_once()
                 self._backoff.reset()
                 self.last_error = None
@@ -139,6 +165,7 @@ class QQAccount:
             except errors.NotLoggedIn:
                 log.info("QQ session lost; logging in again", uin=self.uin)
                 self.logged_in = False
+                self._synced = False
             except errors.WrongPassword as exc:
                 await self._stop_for_password(exc)
                 return
@@ -177,6 +204,10 @@ class QQAccount:
         while True:
             key = f"getmsg-pending:{self.mxid}"
             pending = await self._store.get_state(key)
+            if pending and await self._store.inbound_batch_stored(self.mxid, int(pending)):
+                # Stored before a crash: never fetch again under that SEQ, since after the
+                # server's 10 minutes it would answer with new messages.
+                pending = None
             seq = int(pending) if pending else await self._store.next_seq(self.mxid, "getmsg")
             if not pending:
                 await self._store.set_state(key, str(seq))

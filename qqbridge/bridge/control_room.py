@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
+from qqbridge.bridge.contact_commands import ContactCommands
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
 from qqbridge.store import ConflictError
@@ -55,6 +56,7 @@ class ControlRoom:
         table.add("accounts", "every bridged account and its state", self.cmd_accounts, admin=True)
         table.add("logout-user", "force a user's QQ account out", self.cmd_logout_user, admin=True,
                   arguments=lambda p: p.add_argument("mxid", help="the Matrix ID"))  # fmt: skip
+        ContactCommands(bridge, table)
 
     # ---- room membership ---------------------------------------------------------------
 
@@ -100,12 +102,17 @@ class ControlRoom:
         if user.login_state == "awaiting_password":
             await self._password(user, room_id, event_id, body, reply)
             return
+        await self.run_command(user, room_id, event_id, body)
+
+    async def run_command(self, user: Any, room_id: str, event_id: str, body: str) -> None:
+        """A command typed in the control room, or after `!qq` in a portal."""
+        reply = Reply(self.bridge, room_id, event_id)
         text = body.strip().removeprefix("!qq").strip()
         try:
             command, args = self.table.parse(text)
-            if command.admin and not self.bridge.permissions.is_admin(sender):
+            if command.admin and not self.bridge.permissions.is_admin(user.mxid):
                 raise CommandError(f"`{command.name}` is for bridge admins only")
-            if command.needs_login and self.bridge.accounts.get(sender) is None:
+            if command.needs_login and self.bridge.accounts.get(user.mxid) is None:
                 raise CommandError(f"`{command.name}` needs a QQ login; type `login <QQ number>` first")
             await command.handler(user, args, reply)
         except CommandError as exc:

@@ -4,10 +4,12 @@
         └─ one worker per room, so rooms run side by side and each keeps its order:
            bot invited → control room (or a refusal) · control room message → command
            or the awaited password · owner left → control room closed
-    QQAccount pollers ──events──▶ Bridge.receive_qq_events
+           portal message from its owner → outbox (or a `!qq` command) · reaction on a
+           friend-request prompt → the answer · redaction in a portal → "QQ cannot unsend"
+    QQAccount pollers ──events──▶ Inbound (stored, then relayed) · senders ◀── Outbox
 
 Events from the bot and from puppets are ignored, so nothing the bridge says comes
-back to it.
+back to it; in a portal only its owner is relayed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from typing import Any
 
 import structlog
 
-from qqbridge.bridge.accounts import Accounts
+from qqbridge.bridge.accounts import Accounts, QQAccount
 from qqbridge.bridge.control_room import ControlRoom
+from qqbridge.bridge.friend_requests import FriendRequests
+from qqbridge.bridge.inbound import Inbound
+from qqbridge.bridge.matrix_to_qq import outgoing_text
+from qqbridge.bridge.outbox import Outbox
 from qqbridge.bridge.permissions import Permissions
+from qqbridge.bridge.portals import Portals
 from qqbridge.bridge.ports import Matrix, QQFactory
+from qqbridge.bridge.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import model
@@ -42,10 +50,16 @@ class Bridge:
         self.store = store
         self.matrix = matrix
         self.permissions = Permissions(config.permissions)
+        self.puppets = Puppets(config, store, matrix)
+        self.portals = Portals(store, matrix, self.puppets)
+        self.inbound = Inbound(self)
+        self.outbox = Outbox(self)
+        self.friend_requests = FriendRequests(self)
         scale = config.qq.time_scale
         self.accounts = Accounts(
-            qq_factory, store, self.receive_qq_events, self.tell_user,
+            qq_factory, store, self.inbound.receive, self.tell_user,
             poll_fast=config.qq.poll_fast, poll_idle=config.qq.poll_idle, backoff_cap=60.0 * scale,
+            on_login=self.sync_account, sender=self.outbox.run,
         )  # fmt: skip
         self.control = ControlRoom(self)
         self._wake = asyncio.Event()
@@ -130,8 +144,62 @@ class Bridge:
                 await self.control.invited(event.room_id, event.sender, event.event_id)
             elif membership in ("leave", "ban") and event.state_key == event.sender:
                 await self.control.member_left(event.room_id, event.sender)
+            return
+        portal = await self.store.get_portal_by_room(event.room_id)
+        if portal is not None:
+            await self.portal_event(portal, event, content)
         elif event.type == "m.room.message":
             await self.control.message(event.room_id, event.sender, event.event_id, content)
+        elif event.type == "m.reaction":
+            relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
+            if relates.get("rel_type") == "m.annotation" and isinstance(relates.get("key"), str):
+                outcome = await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"])
+                if outcome:
+                    await self.notice(event.room_id, outcome, txn_id=txn_for("reaction", event.event_id))
+
+    async def portal_event(self, portal: Any, event: Any, content: dict[str, Any]) -> None:
+        """Matrix → QQ: only the portal's owner is relayed."""
+        if event.sender != portal.owner_mxid:
+            return
+        room, cause = event.room_id, event.event_id
+        contact = await self.puppets.label(portal.uin)
+        if event.type == "m.room.redaction":
+            await self.notice(room, f"QQ cannot unsend messages: {contact} keeps what was sent.",
+                              txn_id=txn_for("redaction", cause))  # fmt: skip
+            return
+        body = content.get("body")
+        if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
+            user = await self.store.get_user(event.sender)
+            if user is not None:
+                await self.control.run_command(user, room, cause, body)
+            return
+        if event.type not in ("m.room.message", "m.sticker"):
+            return
+        text = outgoing_text(event.type, content, self.config.homeserver.url)
+        if text is None:
+            await self.notice(room, "This message has nothing QQ can carry; it was not sent.", txn_id=txn_for("empty", cause))
+            return
+        if self.accounts.get(event.sender) is None:
+            await self.notice(room, "Not sent: you are not logged into QQ. Type `login <QQ number>` in your control "
+                              "room, then send it again.", txn_id=txn_for("offline", cause))  # fmt: skip
+            return
+        await self.outbox.enqueue(event.sender, room, cause, portal.uin, text)
+
+    async def sync_account(self, account: QQAccount) -> int:
+        """After a login and on `sync`: friends, their nicknames and presence from QQ."""
+        friends = await account.qq.friends()
+        online = await account.qq.online_friends()
+        account.friends = set(friends)
+        for friend in online:
+            await self.puppets.ensure(friend.uin, friend.nick)
+            await self.puppets.set_presence(friend.uin, friend.status)
+        online_uins = {friend.uin for friend in online}
+        for uin in friends:
+            if uin not in online_uins:
+                await self.puppets.set_presence(uin, model.Status.OFFLINE)
+        await self.inbound.relay_pending(account.mxid)  # anything stored before a restart
+        self.outbox.wake(account.mxid)
+        return len(online)
 
     # ---- talking to users --------------------------------------------------------------
 
@@ -141,36 +209,11 @@ class Bridge:
 
     async def tell_user(self, mxid: str, text: str) -> None:
         """A notice in the user's control room; logged if they have none."""
+        await self.notice_user(mxid, text, txn_id=txn_for("tell", uuid.uuid4()))
+
+    async def notice_user(self, mxid: str, text: str, *, txn_id: str) -> str | None:
         user = await self.store.get_user(mxid)
         if user is None or not user.control_room_id:
             log.warning("no control room to tell", mxid=mxid, text=text)
-            return
-        await self.notice(user.control_room_id, text)
-
-    # ---- QQ → Matrix -------------------------------------------------------------------
-
-    async def receive_qq_events(self, mxid: str, seq: int, events: list[model.Event]) -> None:
-        """Until portals exist, QQ events are shown in the control room. Transaction ids
-        come from (account, GetMsgEx SEQ, index): a batch fetched again after a crash
-        shows the same events, not new ones."""
-        user = await self.store.get_user(mxid)
-        if user is None or not user.control_room_id:
-            return
-        for index, event in enumerate(events):
-            await self.notice(user.control_room_id, describe_event(event), txn_id=txn_for("qq", mxid, seq, index))
-
-
-def describe_event(event: model.Event) -> str:
-    match event:
-        case model.Message(sender, text):
-            return f"{sender}: {text}"
-        case model.StatusChange(uin, status):
-            return f"{uin} is now {status.name.lower()}"
-        case model.FriendRequest(sender, reason):
-            return f"{sender} asks to be your friend: {reason}"
-        case model.RequestAccepted(sender):
-            return f"{sender} accepted your friend request"
-        case model.RequestRejected(sender, reason):
-            return f"{sender} rejected your friend request: {reason}"
-        case _:
-            return f"QQ sent something this bridge does not understand: {event}"
+            return None
+        return await self.notice(user.control_room_id, text, txn_id=txn_id)

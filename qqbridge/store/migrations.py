@@ -108,8 +108,99 @@ async def v1_matrix_side(db: Database) -> None:
     )
 
 
+async def v2_bridging(db: Database) -> None:
+    """Puppets, portals, the QQ inbound queue, the outbox to QQ, friend requests."""
+    # A QQ account the bridge has met, and what it last set for it on Matrix, so a
+    # nickname or status change is passed on once.
+    await db.execute(
+        """CREATE TABLE puppet (
+            uin         BIGINT PRIMARY KEY,
+            nick        TEXT,
+            displayname TEXT,
+            presence    INTEGER,
+            updated_at  BIGINT NOT NULL
+        )"""
+    )
+    # One direct room per (bridge user, QQ account); room_id is NULL while the room is
+    # being created (the row claims the pair first, so two messages cannot create two
+    # rooms) and after the user left it.
+    await db.execute(
+        """CREATE TABLE portal (
+            owner_mxid TEXT NOT NULL REFERENCES bridge_user (mxid) ON DELETE CASCADE,
+            uin        BIGINT NOT NULL,
+            room_id    TEXT UNIQUE,
+            stranger   BOOLEAN NOT NULL DEFAULT false,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (owner_mxid, uin)
+        )"""
+    )
+    # What GetMsgEx returned, stored before it is relayed. (owner, SEQ, position) is
+    # unique: a reply fetched again with the same SEQ after a crash is stored once.
+    # kind is BIGINT, not INTEGER: whatever MT the server sends must be storable.
+    await db.execute(
+        """CREATE TABLE qq_inbound (
+            inbound_id      BIGSERIAL PRIMARY KEY,
+            owner_mxid      TEXT NOT NULL REFERENCES bridge_user (mxid) ON DELETE CASCADE,
+            account_uin     BIGINT NOT NULL,
+            getmsg_seq      BIGINT NOT NULL,
+            idx             INTEGER NOT NULL,
+            kind            BIGINT NOT NULL,
+            sender_uin      BIGINT NOT NULL,
+            content         TEXT NOT NULL,
+            state           TEXT NOT NULL DEFAULT 'pending',
+            matrix_event_id TEXT,
+            error           TEXT,
+            fetched_at      BIGINT NOT NULL,
+            relayed_at      BIGINT,
+            UNIQUE (owner_mxid, getmsg_seq, idx)
+        )"""
+    )
+    await db.execute("CREATE INDEX qq_inbound_state ON qq_inbound (state, inbound_id)")
+    await db.execute("CREATE INDEX qq_inbound_owner_state ON qq_inbound (owner_mxid, state, inbound_id)")
+    # What Matrix sent, one row per CLTMSG, stored with its SEQ before it is sent, so a
+    # resend uses the same SEQ and QQ delivers it once. (event_id, part) is unique: a
+    # Matrix event handled again is not queued again.
+    await db.execute(
+        """CREATE TABLE outbox (
+            outbox_id  BIGSERIAL PRIMARY KEY,
+            owner_mxid TEXT NOT NULL REFERENCES bridge_user (mxid) ON DELETE CASCADE,
+            room_id    TEXT NOT NULL,
+            event_id   TEXT NOT NULL,
+            part       INTEGER NOT NULL,
+            target_uin BIGINT NOT NULL,
+            text       TEXT NOT NULL,
+            seq        BIGINT NOT NULL,
+            state      TEXT NOT NULL DEFAULT 'pending',
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            error      TEXT,
+            created_at BIGINT NOT NULL,
+            sent_at    BIGINT,
+            UNIQUE (event_id, part)
+        )"""
+    )
+    await db.execute("CREATE INDEX outbox_state ON outbox (state, outbox_id)")
+    await db.execute("CREATE INDEX outbox_owner_state ON outbox (owner_mxid, state, outbox_id)")
+    # The latest friend request from each QQ account, until and after it is answered;
+    # the prompt is the bot's message in the control room that a reaction answers.
+    await db.execute(
+        """CREATE TABLE friend_request (
+            owner_mxid      TEXT NOT NULL REFERENCES bridge_user (mxid) ON DELETE CASCADE,
+            from_uin        BIGINT NOT NULL,
+            reason          TEXT NOT NULL,
+            state           TEXT NOT NULL DEFAULT 'pending',
+            prompt_room_id  TEXT,
+            prompt_event_id TEXT UNIQUE,
+            created_at      BIGINT NOT NULL,
+            answered_at     BIGINT,
+            PRIMARY KEY (owner_mxid, from_uin)
+        )"""
+    )
+
+
 MIGRATIONS: list[Migration] = [
     v1_matrix_side,
+    v2_bridging,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -3,8 +3,11 @@
 It owns what the bridge must not forget across a restart: which homeserver
 transactions it has already taken (and their events, until handled), who uses the
 bridge and how their QQ login stands, small bits of bridge state, and the QQ
-request counter (SEQ). It knows SQL but not which database: that is `database.py`'s
-job, and the schema is `migrations.py`'s.
+request counter (SEQ), all here; puppets, portals and friend requests
+(`contacts.py`), and the messages each way until they crossed (`messages.py`), whose
+functions `Store` exposes as methods of the same name, so that the bridge holds one
+object. It knows SQL but not which database: that is `database.py`'s job, and the
+schema is `migrations.py`'s.
 
 Every method is one database transaction (or one statement), so a caller never sees,
 and a crash never leaves, half of one.
@@ -15,18 +18,33 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from qqbridge.store import contacts, messages, seq
+from qqbridge.store.checks import inbox_event as _inbox_values
+from qqbridge.store.checks import limit as _limit
+from qqbridge.store.checks import printable as _printable
+from qqbridge.store.checks import text as _text
+from qqbridge.store.checks import to_json as _json
+from qqbridge.store.checks import uin as _uin
+from qqbridge.store.contacts import UNSET, Unset
 from qqbridge.store.database import Database, connect
 from qqbridge.store.errors import ConflictError, InvalidValueError, NotFoundError
 from qqbridge.store.migrations import upgrade
-from qqbridge.store.rows import BridgeUser, InboxEvent, InboxState, LoginState, PruneResult
+from qqbridge.store.rows import (
+    BridgeUser,
+    FriendRequest,
+    InboundMessage,
+    InboxEvent,
+    InboxState,
+    LoginState,
+    OutgoingMessage,
+    Portal,
+    PruneResult,
+    Puppet,
+)
 
-# SEQ is 1 to 10 decimal digits (PROTOCOL.md section 2); the counter wraps to 1.
-SEQ_MAX = 9_999_999_999
-# QQ numbers the protocol accepts (PROTOCOL.md section 3, RES=5).
-UIN_MIN, UIN_MAX = 10_000, 4_294_967_295
 # The homeserver may retry a transaction for a long while; its id must outlive that.
 MIN_TXN_RETENTION_SECONDS = 24 * 60 * 60
 
@@ -112,8 +130,7 @@ class Store:
 
     async def pending_events(self, limit: int = 100) -> list[InboxEvent]:
         """Events not yet handled, oldest first."""
-        if not isinstance(limit, int) or limit < 1:
-            raise InvalidValueError(f"limit must be a positive integer, not {limit!r}")
+        _limit(limit)
         rows = await self.db.fetch(
             f"SELECT {_INBOX_COLUMNS} FROM matrix_inbox WHERE state = $1 ORDER BY inbox_id LIMIT $2",
             InboxState.PENDING.value,
@@ -344,97 +361,115 @@ class Store:
         """
         _text("mxid", mxid)
         _text("purpose", purpose)
-        # A new counter starts from the clock (tenths of a second, modulo the range),
-        # not from 1: a counter recreated after a database reset, or another Matrix
-        # user taking over the same QQ account, then does not reuse a SEQ the server
-        # may still remember (it does for 10 minutes).
-        now = self._clock()
-        seed = int(now * 10) % SEQ_MAX + 1
         async with self.db.transaction():
             await self._require_user(mxid)
-            seq = await self.db.fetchval(
-                "INSERT INTO qq_seq (mxid, last_seq) VALUES ($1, $2) ON CONFLICT (mxid) DO UPDATE"
-                " SET last_seq = CASE WHEN qq_seq.last_seq >= $3 THEN 1 ELSE qq_seq.last_seq + 1 END"
-                " RETURNING last_seq",
-                mxid,
-                seed,
-                SEQ_MAX,
-            )
-            await self.db.execute(
-                "INSERT INTO qq_seq_issued (mxid, purpose, seq, issued_at) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (mxid, purpose) DO UPDATE SET seq = excluded.seq, issued_at = excluded.issued_at",
-                mxid,
-                purpose,
-                seq,
-                int(now * 1000),
-            )
-        return int(seq)
+            return await seq.issue(self.db, mxid, purpose, self._now_ms())
 
     async def last_seq(self, mxid: str, purpose: str) -> int | None:
         """The SEQ last issued to the user for `purpose`, or None."""
-        _text("mxid", mxid)
-        _text("purpose", purpose)
-        seq = await self.db.fetchval("SELECT seq FROM qq_seq_issued WHERE mxid = $1 AND purpose = $2", mxid, purpose)
-        return None if seq is None else int(seq)
+        return await seq.last(self.db, _text("mxid", mxid), _text("purpose", purpose))
 
+    # -- puppets, portals, friend requests: contacts.py says what each does ---------
 
-def _text(name: str, value: Any) -> str:
-    """Check a required text value: a non-empty str that both databases can store."""
-    if not isinstance(value, str) or not value:
-        raise InvalidValueError(f"{name} must be a non-empty string, not {value!r}")
-    _storable(name, value)
-    return value
+    async def get_puppet(self, uin: int) -> Puppet | None:
+        return await contacts.get_puppet(self.db, uin)
 
+    async def upsert_puppet(
+        self,
+        uin: int,
+        *,
+        nick: str | Unset | None = UNSET,
+        displayname: str | Unset | None = UNSET,
+        presence: int | Unset | None = UNSET,
+    ) -> Puppet:
+        return await contacts.upsert_puppet(
+            self.db, self._now_ms(), uin, nick=nick, displayname=displayname, presence=presence
+        )
 
-def _storable(name: str, value: str) -> None:
-    # PostgreSQL text cannot hold NUL, and neither driver can encode a lone surrogate;
-    # refusing both here makes the two backends agree.
-    if "\x00" in value:
-        raise InvalidValueError(f"{name} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidValueError(f"{name} is not valid Unicode text") from None
+    async def get_portal(self, owner_mxid: str, uin: int) -> Portal | None:
+        return await contacts.get_portal(self.db, owner_mxid, uin)
 
+    async def get_portal_by_room(self, room_id: str) -> Portal | None:
+        return await contacts.get_portal_by_room(self.db, room_id)
 
-def _printable(text: str) -> str:
-    """Free text (an error message) made storable on both backends, not refused."""
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    async def list_portals(self, owner_mxid: str) -> list[Portal]:
+        return await contacts.list_portals(self.db, owner_mxid)
 
+    async def claim_portal(self, owner_mxid: str, uin: int, *, stranger: bool) -> tuple[Portal, bool]:
+        return await contacts.claim_portal(self.db, self._now_ms(), owner_mxid, uin, stranger=stranger)
 
-def _uin(uin: Any) -> int:
-    if isinstance(uin, bool) or not isinstance(uin, int) or not UIN_MIN <= uin <= UIN_MAX:
-        raise InvalidValueError(f"{uin!r} is not a QQ number ({UIN_MIN} to {UIN_MAX})")
-    return uin
+    async def set_portal_room(self, owner_mxid: str, uin: int, room_id: str) -> Portal:
+        return await contacts.set_portal_room(self.db, self._now_ms(), owner_mxid, uin, room_id)
 
+    async def set_portal_stranger(self, owner_mxid: str, uin: int, stranger: bool) -> Portal:
+        return await contacts.set_portal_stranger(self.db, self._now_ms(), owner_mxid, uin, stranger)
 
-def _inbox_values(txn_id: str, index: int, event: Any) -> tuple[Any, ...]:
-    """The inbox columns for one event, or `InvalidValueError` saying what is wrong."""
-    where = f"event {index} of transaction {txn_id}"
-    if not isinstance(event, Mapping):
-        raise InvalidValueError(f"{where} is not a JSON object")
-    event_id, room_id, sender, type_ = (
-        _text(f"{where}: {name}", event.get(name)) for name in ("event_id", "room_id", "sender", "type")
-    )
-    state_key = event.get("state_key")
-    if state_key is not None:
-        if not isinstance(state_key, str):
-            raise InvalidValueError(f"{where}: state_key must be a string")
-        _storable(f"{where}: state_key", state_key)
-    content = event.get("content", {})
-    if not isinstance(content, Mapping):
-        raise InvalidValueError(f"{where}: content must be a JSON object")
-    ts = event.get("origin_server_ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or not -(2**63) <= ts < 2**63):
-        raise InvalidValueError(f"{where}: origin_server_ts must be a 64-bit integer")
-    try:
-        content_json, event_json = _json(content), _json(event)
-    except (TypeError, ValueError) as e:
-        raise InvalidValueError(f"{where} is not storable as JSON: {e}") from e
-    return (event_id, txn_id, room_id, sender, type_, state_key, content_json, ts, event_json)
+    async def forget_portal_room(self, owner_mxid: str, uin: int) -> Portal:
+        return await contacts.forget_portal_room(self.db, self._now_ms(), owner_mxid, uin)
 
+    async def add_friend_request(self, owner_mxid: str, from_uin: int, reason: str) -> FriendRequest:
+        return await contacts.add_friend_request(self.db, self._now_ms(), owner_mxid, from_uin, reason)
 
-def _json(value: Any) -> str:
-    # ASCII JSON: storable whatever odd characters (NUL, lone surrogates) the strings
-    # hold; no NaN, which is not JSON.
-    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    async def get_friend_request(self, owner_mxid: str, from_uin: int) -> FriendRequest | None:
+        return await contacts.get_friend_request(self.db, owner_mxid, from_uin)
+
+    async def get_friend_request_by_prompt(self, prompt_event_id: str) -> FriendRequest | None:
+        return await contacts.get_friend_request_by_prompt(self.db, prompt_event_id)
+
+    async def pending_friend_requests(self, owner_mxid: str) -> list[FriendRequest]:
+        return await contacts.pending_friend_requests(self.db, owner_mxid)
+
+    async def set_friend_request_prompt(
+        self, owner_mxid: str, from_uin: int, room_id: str, event_id: str
+    ) -> FriendRequest:
+        return await contacts.set_friend_request_prompt(self.db, owner_mxid, from_uin, room_id, event_id)
+
+    async def answer_friend_request(self, owner_mxid: str, from_uin: int, state: str) -> FriendRequest:
+        return await contacts.answer_friend_request(self.db, self._now_ms(), owner_mxid, from_uin, state)
+
+    # -- messages each way, stored before they cross: messages.py -------------------
+
+    async def store_inbound(
+        self, owner_mxid: str, account_uin: int, getmsg_seq: int, events: Sequence[tuple[int, int, str]]
+    ) -> int:
+        return await messages.store_inbound(self.db, self._now_ms(), owner_mxid, account_uin, getmsg_seq, events)
+
+    async def inbound_batch_stored(self, owner_mxid: str, getmsg_seq: int) -> bool:
+        return await messages.inbound_batch_stored(self.db, owner_mxid, getmsg_seq)
+
+    async def pending_inbound(self, owner_mxid: str | None = None, limit: int = 100) -> list[InboundMessage]:
+        return await messages.pending_inbound(self.db, owner_mxid, limit)
+
+    async def count_pending_inbound(self, owner_mxid: str | None = None) -> int:
+        return await messages.count_pending_inbound(self.db, owner_mxid)
+
+    async def mark_inbound_relayed(self, inbound_id: int, matrix_event_id: str | None) -> InboundMessage:
+        return await messages.mark_inbound_relayed(self.db, self._now_ms(), inbound_id, matrix_event_id)
+
+    async def mark_inbound_failed(self, inbound_id: int, error: str) -> InboundMessage:
+        return await messages.mark_inbound_failed(self.db, inbound_id, error)
+
+    async def enqueue_outgoing(
+        self, owner_mxid: str, room_id: str, event_id: str, target_uin: int, parts: Sequence[str]
+    ) -> list[OutgoingMessage]:
+        return await messages.enqueue_outgoing(
+            self.db, self._now_ms(), owner_mxid, room_id, event_id, target_uin, parts
+        )
+
+    async def get_outgoing_by_event(self, event_id: str) -> list[OutgoingMessage]:
+        return await messages.get_outgoing_by_event(self.db, event_id)
+
+    async def pending_outgoing(self, owner_mxid: str | None = None, limit: int = 100) -> list[OutgoingMessage]:
+        return await messages.pending_outgoing(self.db, owner_mxid, limit)
+
+    async def count_pending_outgoing(self, owner_mxid: str | None = None) -> int:
+        return await messages.count_pending_outgoing(self.db, owner_mxid)
+
+    async def mark_outgoing_sent(self, outbox_id: int) -> OutgoingMessage:
+        return await messages.mark_outgoing_sent(self.db, self._now_ms(), outbox_id)
+
+    async def mark_outgoing_failed(self, outbox_id: int, error: str) -> OutgoingMessage:
+        return await messages.mark_outgoing_failed(self.db, outbox_id, error)
+
+    async def note_outgoing_attempt(self, outbox_id: int, error: str | None) -> OutgoingMessage:
+        return await messages.note_outgoing_attempt(self.db, outbox_id, error)

@@ -15,6 +15,10 @@ class MemoryStore:
         self.state: dict[str, str] = {}
         self.login_state: dict[str, str] = {}
         self.seq = 0
+        self.stored_batches: set[int] = set()  # GetMsgEx SEQs whose events are stored
+
+    async def inbound_batch_stored(self, mxid: str, seq: int) -> bool:
+        return seq in self.stored_batches
 
     async def get_state(self, key: str) -> str | None:
         return self.state.get(key)
@@ -148,3 +152,22 @@ async def test_an_unreachable_server_backs_off_and_recovers() -> None:
     assert accounts.get("@u:x").state is AccountState.ONLINE
     await accounts.close()
     assert qq.seqs[:3] == [1, 1, 1]  # an unknown outcome is retried with the same SEQ
+
+
+async def test_a_batch_stored_before_a_crash_is_not_fetched_again_under_its_seq() -> None:
+    store, delivered = MemoryStore(), []
+    store.seq = 41
+    store.state["getmsg-pending:@u:x"] = "41"  # the crash came after storing, before release
+    store.stored_batches.add(41)
+    qq = ScriptedQQ(10001, [batch("new")])
+
+    async def deliver(mxid: str, seq: int, events: list[model.Event]) -> None:
+        delivered.append(seq)
+
+    async def notify(mxid: str, text: str) -> None: ...
+
+    accounts = Accounts(lambda uin: qq, store, deliver, notify, poll_fast=0.01, poll_idle=0.05)
+    await accounts.resume("@u:x", 10001, "0" * 32)
+    await until(lambda: delivered)
+    await accounts.close()
+    assert qq.seqs[0] == 42 and delivered == [42]

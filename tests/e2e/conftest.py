@@ -55,7 +55,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         qq={"server_url": sim_url, "poll_fast": 0.2, "poll_idle": 1.0, "timeout": 5, "time_scale": TIME_SCALE},
         database={"url": f"sqlite:///{work / 'bridge.db'}"},
         logging={"level": "DEBUG"},
-        permissions={"@alice:localhost": "admin", "@bob:localhost": "user", "@carol:localhost": "user"},
+        permissions={"@alice:localhost": "admin", "@bob:localhost": "user", "@carol:localhost": "user",
+                     **{f"@{name}{n}:localhost": "user" for name in ("dan", "carol") for n in range(1, 10)}},
     )
     subprocess.run(
         [sys.executable, "-m", "qqbridge", "generate-registration", "-c", str(config_path), "-o", str(registration_path)],

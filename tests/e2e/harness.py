@@ -84,7 +84,9 @@ class MatrixUser:
         self.mxid, self.password = mxid, password
         self.client = AsyncClient(homeserver, mxid)
         self.timeline: dict[str, list[Any]] = {}
-        self.invites: set[str] = set()
+        self.invites: dict[str, Any] = {}  # room id → the invite's stripped state
+        self.receipts: set[tuple[str, str]] = set()  # (event id, reader)
+        self.joined: set[str] = set()
 
     async def login(self) -> MatrixUser:
         answer = await self.client.login(self.password)
@@ -102,6 +104,9 @@ class MatrixUser:
             return
         for room_id, room in rooms.join.items():
             self.timeline.setdefault(room_id, []).extend(room.timeline.events)
+            for event in room.ephemeral:
+                for receipt in getattr(event, "receipts", []):
+                    self.receipts.add((receipt.event_id, receipt.user_id))
         self.invites.update(rooms.invite)
 
     async def open_control_room(self, bot: str) -> str:
@@ -112,9 +117,31 @@ class MatrixUser:
         assert isinstance(answer, RoomCreateResponse), answer
         return answer.room_id
 
+    async def accept_invite(self, inviter: str, timeout: float = 30) -> str:
+        """Wait for an invite from `inviter` to a room not joined yet, and join it."""
+        def invited() -> str | None:
+            for room_id, info in self.invites.items():
+                if room_id in self.joined:
+                    continue
+                if any(getattr(e, "sender", None) == inviter for e in info.invite_state):
+                    return room_id
+            return None
+
+        room_id = await self.wait_for(invited, timeout, f"an invite from {inviter}")
+        await self.client.join(room_id)
+        self.joined.add(room_id)
+        return room_id
+
+    async def send(self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message") -> str:
+        answer = await self.client.room_send(room_id, event_type, content)
+        return answer.event_id  # type: ignore[union-attr]
+
     async def say(self, room_id: str, text: str) -> str:
         answer = await self.client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": text})
         return answer.event_id  # type: ignore[union-attr]
+
+    def events(self, room_id: str) -> list[Any]:
+        return self.timeline.get(room_id, [])
 
     def texts(self, room_id: str, sender: str | None = None) -> list[str]:
         return [

@@ -57,7 +57,8 @@ async def test_login_wrong_then_right_password_then_chat_then_logout(stack, user
     async with QQClient(stack.sim_url, 10002) as bob:
         await bob.login(password_md5("hunter2"))
         await bob.send_message(10001, "hello from QQ & 你好")
-        await carol.wait_for_text(room, "10002: hello from QQ & 你好", sender=stack.bot)
+        portal = await carol.accept_invite("@_qq_10002:localhost")
+        await carol.wait_for_text(portal, "hello from QQ & 你好", sender="@_qq_10002:localhost")
         await bob.drain_messages()
 
         await command(carol, room, "logout", "Logged out of QQ 10001", stack)
@@ -105,7 +106,7 @@ async def test_admin_lists_accounts_and_forces_a_user_out(stack, user) -> None:
 
 
 async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, user) -> None:
-    person = await user("carol")
+    person = await user("carol2")
     room = await control_room(person, stack)
     await command(person, room, "login 10001", "next message", stack)
     await person.say(room, "secret")
@@ -114,12 +115,13 @@ async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, user) 
     async with QQClient(stack.sim_url, 10002) as bob:
         await bob.login(password_md5("hunter2"))
         await bob.send_message(10001, "are you still there?")
-    await person.wait_for_text(room, "10002: are you still there?", sender=stack.bot)
+    portal = await person.accept_invite("@_qq_10002:localhost")
+    await person.wait_for_text(portal, "are you still there?", sender="@_qq_10002:localhost")
     await command(person, room, "logout", "Logged out", stack)
 
 
 async def test_a_lost_qq_session_is_reopened_quietly(stack, user) -> None:
-    person = await user("carol")
+    person = await user("carol3")
     room = await control_room(person, stack)
     await command(person, room, "login 10001", "next message", stack)
     await person.say(room, "secret")
@@ -131,7 +133,8 @@ async def test_a_lost_qq_session_is_reopened_quietly(stack, user) -> None:
     async with QQClient(stack.sim_url, 10002) as bob:
         await bob.login(password_md5("hunter2"))
         await bob.send_message(10001, "did you notice anything?")
-    await person.wait_for_text(room, "10002: did you notice anything?", sender=stack.bot)
+    portal = await person.accept_invite("@_qq_10002:localhost")
+    await person.wait_for_text(portal, "did you notice anything?", sender="@_qq_10002:localhost")
     said = person.texts(room, stack.bot)[before:]
     assert not any("refused" in t or "problem" in t for t in said), said
     assert "QQ session lost; logging in again" in stack.bridge.log()

@@ -14,21 +14,32 @@ from qqbridge.store.migrations import MIGRATIONS, schema_version, upgrade
 
 OpenStore = Callable[[], Awaitable[Store]]
 
-TABLES = ["appservice_txn", "matrix_inbox", "bridge_user", "bridge_state", "qq_seq", "qq_seq_issued"]
+V1_TABLES = ["appservice_txn", "matrix_inbox", "bridge_user", "bridge_state", "qq_seq", "qq_seq_issued"]
+V2_TABLES = ["puppet", "portal", "qq_inbound", "outbox", "friend_request"]
+TABLES = V1_TABLES + V2_TABLES
 
 
-async def snapshot(db: Database) -> dict[str, Any]:
+async def snapshot(db: Database, tables: list[str] = TABLES) -> dict[str, Any]:
     """Every row of every table the store knows, to show that nothing changed."""
-    tables = ["schema_version", *TABLES]
-    return {t: await db.fetch(f"SELECT * FROM {t} ORDER BY 1") for t in tables}
+    return {t: await db.fetch(f"SELECT * FROM {t} ORDER BY 1, 2") for t in ["schema_version", *tables]}
 
 
-async def fill(store: Store) -> None:
+async def fill_v1(store: Store) -> None:
     await store.record_transaction("txn1", [{"event_id": "$e1", "room_id": "!r", "sender": "@a:x", "type": "m.t"}])
     await store.set_control_room("@a:x", "!control")
     await store.complete_login("@a:x", 123456, "0" * 32)
     await store.set_state("k", "v")
     await store.next_seq("@a:x", "GetMsgEx")
+
+
+async def fill(store: Store) -> None:
+    await fill_v1(store)
+    await store.upsert_puppet(200000, nick="n", presence=10)
+    await store.claim_portal("@a:x", 200000, stranger=True)
+    await store.set_portal_room("@a:x", 200000, "!dm")
+    await store.store_inbound("@a:x", 123456, 5, [(9, 200000, "hi")])
+    await store.enqueue_outgoing("@a:x", "!dm", "$out", 200000, ["hello"])
+    await store.add_friend_request("@a:x", 300000, "please")
 
 
 async def test_empty_database_is_migrated_to_the_latest_version(store: Store) -> None:
@@ -69,6 +80,36 @@ async def test_newer_schema_is_refused_and_left_unchanged(open_store: OpenStore,
         assert await snapshot(db) == before
     finally:
         await db.close()
+
+
+async def test_a_version_1_database_is_upgraded_keeping_its_data(raw_db: Database, db_url: str) -> None:
+    # A database a bridge of the previous release made, and used.
+    assert await upgrade(raw_db, MIGRATIONS[:1]) == 1
+    await fill_v1(Store(raw_db))
+    before = await snapshot(raw_db, V1_TABLES)
+
+    store = await Store.open(db_url)
+    try:
+        after = await snapshot(store.db, V1_TABLES)
+        assert [row["version"] for row in after.pop("schema_version")] == [1, 2]
+        assert after == {t: rows for t, rows in before.items() if t != "schema_version"}
+        for table in V2_TABLES:
+            assert await store.db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0
+        # The new tables work with the old rows: the user's SEQ counter goes on.
+        last = await store.last_seq("@a:x", "GetMsgEx")
+        parts = await store.enqueue_outgoing("@a:x", "!dm", "$out", 200000, ["hello"])
+        assert last is not None and parts[0].seq > last  # the counter goes on, never back
+        assert (await store.claim_portal("@a:x", 200000, stranger=False))[1] is True
+    finally:
+        await store.close()
+
+
+async def test_the_previous_release_refuses_this_ones_database(store: Store) -> None:
+    await fill(store)
+    before = await snapshot(store.db)
+    with pytest.raises(SchemaTooNewError, match=r"version 2 is newer .*knows up to 1\)"):
+        await upgrade(store.db, MIGRATIONS[:1])
+    assert await snapshot(store.db) == before
 
 
 async def test_refusal_is_before_any_migration_runs(raw_db: Database) -> None:

@@ -56,25 +56,27 @@ async def test_seq_is_stored_before_it_is_returned(open_store: OpenStore) -> Non
     assert await store.next_seq(ALICE, "CLTMSG") == issued + 1  # never reused
 
 
-async def test_counters_are_per_user_and_start_from_the_clock(store: Store, clock: FakeClock) -> None:
+async def test_counters_are_per_user_and_never_fall_behind_the_clock(store: Store, clock: FakeClock) -> None:
     await store.upsert_user(ALICE)
     await store.upsert_user(BOB)
     first_alice = await store.next_seq(ALICE, "p")
-    assert first_alice == int(clock.now * 10) % SEQ_MAX + 1
-    await store.next_seq(ALICE, "p")
+    assert first_alice == int(clock.now * 1000) % SEQ_MAX + 1
+    assert await store.next_seq(ALICE, "p") == first_alice + 1
     clock.advance(60)
-    # A counter created a minute later starts 600 higher: a recreated counter does
-    # not reuse SEQs the server may still remember.
-    assert await store.next_seq(BOB, "p") == first_alice + 600
-    assert await store.next_seq(ALICE, "p") == first_alice + 2
+    # A minute later every counter is at least 60,000 higher: a counter recreated, or
+    # another user taking over the same QQ account, cannot reuse a SEQ the server
+    # still remembers (per QQ account, for 10 minutes).
+    assert await store.next_seq(BOB, "p") == first_alice + 60_000
+    assert await store.next_seq(ALICE, "p") == first_alice + 60_000
 
 
-async def test_seq_wraps_to_1(store: Store) -> None:
+async def test_seq_wraps_to_the_clock(store: Store, clock: FakeClock) -> None:
     await store.upsert_user(ALICE)
     await store.next_seq(ALICE, "p")
     await store.db.execute("UPDATE qq_seq SET last_seq = $1 WHERE mxid = $2", SEQ_MAX - 1, ALICE)
-    assert [await store.next_seq(ALICE, "p") for _ in range(3)] == [SEQ_MAX, 1, 2]
-    assert await store.last_seq(ALICE, "p") == 2
+    now = int(clock.now * 1000) % SEQ_MAX + 1
+    assert [await store.next_seq(ALICE, "p") for _ in range(3)] == [SEQ_MAX, now, now + 1]
+    assert await store.last_seq(ALICE, "p") == now + 1
 
 
 async def test_concurrent_seqs_are_distinct(open_store: OpenStore) -> None:

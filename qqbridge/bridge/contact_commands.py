@@ -1,0 +1,170 @@
+"""The commands about QQ contacts (BRIDGE.md §3): friends, whois, add, remove,
+requests, accept, reject, open, sync. Each needs a logged-in QQ account."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from qqbridge.bridge.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
+from qqbridge.matrix.api import MatrixError
+from qqbridge.qq import errors, model
+
+if TYPE_CHECKING:
+    from qqbridge.bridge.control_room import Reply
+    from qqbridge.bridge.core import Bridge
+
+DEFAULT_REASON = "Hello! I'd like to add you as a friend."
+_PROFILE_LINES = [
+    ("Nickname", "nick"), ("Real name", "real_name"), ("Age", "age"), ("Gender", "gender"),
+    ("Blood type", "blood_type"), ("Constellation", "constellation"), ("Chinese zodiac", "zodiac"),
+    ("Country", "country"), ("Province", "province"), ("City", "city"), ("Address", "address"),
+    ("Zip code", "zip_code"), ("Email", "email"), ("Homepage", "homepage"), ("Phone", "phone"),
+    ("Mobile", "mobile"), ("Job", "job"), ("School", "school"), ("About", "introduction"),
+]  # fmt: skip
+
+
+def describe_profile(profile: model.Profile) -> str:
+    lines = [f"QQ {profile.uin}"]
+    for label, name in _PROFILE_LINES:
+        value = getattr(profile, name)
+        text = value.label if hasattr(value, "label") else value
+        if text not in (None, ""):
+            lines.append(f"{label}: {text}")
+    if profile.face is not None:
+        lines.append(f"Avatar: {model.avatar_file(profile.face)}")
+    return "\n".join(lines)
+
+
+class ContactCommands:
+    def __init__(self, bridge: Bridge, table: CommandTable) -> None:
+        self.bridge = bridge
+        uin = lambda p: p.add_argument("uin", type=qq_number, help="a QQ number")  # noqa: E731
+        table.add("friends", "your QQ friends with nickname and status", self.friends, needs_login=True,
+                  arguments=lambda p: p.add_argument("online", nargs="?", choices=["online"]))
+        table.add("whois", "a QQ account's profile", self.whois, needs_login=True, arguments=uin)
+        table.add("add", "add a QQ friend (asks them when they want to be asked)", self.add, needs_login=True,
+                  arguments=lambda p: (uin(p), rest_of_line(p, "reason", "what they are told")))
+        table.add("remove", "remove a QQ friend from your list", self.remove, needs_login=True, arguments=uin)
+        table.add("requests", "pending friend requests", self.requests)
+        table.add("accept", "accept a friend request", self.accept, needs_login=True, arguments=uin)
+        table.add("reject", "reject a friend request", self.reject, needs_login=True,
+                  arguments=lambda p: (uin(p), rest_of_line(p, "reason", "what they are told")))
+        table.add("open", "open (or create) the portal to a QQ account", self.open, needs_login=True, arguments=uin)
+        table.add("sync", "refresh friends, nicknames and presence now", self.sync, needs_login=True)  # fmt: skip
+
+    def _account(self, user: Any) -> Any:
+        account = self.bridge.accounts.get(user.mxid)
+        if account is None:
+            raise CommandError("That needs a QQ login; type `login <QQ number>` first.")
+        return account
+
+    async def friends(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self._account(user)
+        try:
+            uins = await account.qq.friends()
+            online = {friend.uin: friend for friend in await account.qq.online_friends()}
+        except errors.QQError as exc:
+            raise CommandError(f"QQ did not list your friends: {exc}") from None
+        account.friends = set(uins)
+        lines = []
+        for uin in uins:
+            friend = online.get(uin)
+            if args.online and friend is None:
+                continue
+            if friend is not None:
+                await self.bridge.puppets.ensure(uin, friend.nick)
+            else:
+                await self.bridge.puppets.learn_nick(account.qq, uin)
+            status = friend.status.name.lower() if friend else "offline"
+            lines.append(f"{await self.bridge.puppets.label(uin)} — {status}")
+        empty = "None of your QQ friends is online." if args.online else "Your QQ friend list is empty."
+        await reply("\n".join(lines) or empty)
+
+    async def whois(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        profile = await self._profile(self._account(user), args.uin, level=3)
+        await reply(describe_profile(profile))
+
+    async def _profile(self, account: Any, uin: int, level: int) -> model.Profile:
+        """GetInfo, refreshing the puppet's nickname on the way."""
+        try:
+            profile = await account.qq.profile(uin, level=level)
+        except errors.IllegalAccount:
+            raise CommandError(f"QQ says {uin} is not an account it knows.") from None
+        except errors.QQError as exc:
+            raise CommandError(f"QQ did not answer: {exc}") from None
+        await self.bridge.puppets.ensure(uin, profile.nick)
+        return profile
+
+    async def add(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self._account(user)
+        await self.bridge.puppets.learn_nick(account.qq, args.uin)
+        label = await self.bridge.puppets.label(args.uin)
+        try:
+            result = await account.qq.add_friend(args.uin)
+            if result.policy is model.AddPolicy.ADDED:
+                account.friends.add(args.uin)
+                await reply(f"{label} is now in your QQ friend list.")
+            elif result.policy is model.AddPolicy.REFUSES_ALL:
+                await reply(f"{label} accepts no friend requests; QQ did not add them.")
+            else:
+                await self._request(account, args.uin, joined(args.reason) or DEFAULT_REASON)
+                await reply(f"{label} must agree first: your friend request was sent. "
+                            "You will be told here when they answer.")  # fmt: skip
+        except errors.IllegalAccount:
+            raise CommandError(f"QQ says {args.uin} is not an account you can add.") from None
+        except errors.QQError as exc:
+            raise CommandError(f"QQ did not take the request: {exc}") from None
+
+    async def _request(self, account: Any, uin: int, reason: str) -> None:
+        """Ack_AddToList CD=2; the seed saw it refused (RES=3) once before it went through."""
+        for attempt in range(3):
+            try:
+                await account.qq.request_friendship(uin, reason)
+                return
+            except errors.RateLimited:
+                if attempt == 2:
+                    raise
+
+    async def remove(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self._account(user)
+        try:
+            await account.qq.remove_friend(args.uin)
+        except errors.RateLimited:
+            raise CommandError("QQ refuses to remove the same friend twice within 30 s.") from None
+        except errors.IllegalAccount:
+            raise CommandError(f"QQ says {args.uin} is not an account it knows.") from None
+        except errors.QQError as exc:
+            raise CommandError(f"QQ did not remove them: {exc}") from None
+        account.friends.discard(args.uin)
+        await reply(f"{await self.bridge.puppets.label(args.uin)} is no longer in your QQ friend list.")
+
+    async def requests(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        pending = await self.bridge.store.pending_friend_requests(user.mxid)
+        lines = [f"{await self.bridge.puppets.label(r.from_uin)}: “{r.reason}”" for r in pending]
+        await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
+
+    async def accept(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        await reply(await self.bridge.friend_requests.answer(user.mxid, args.uin, True))
+
+    async def reject(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        await reply(await self.bridge.friend_requests.answer(user.mxid, args.uin, False, joined(args.reason)))
+
+    async def open(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self._account(user)
+        await self._profile(account, args.uin, level=0)  # a number QQ does not know gets no portal
+        room_id = await self.bridge.portals.room_for(user.mxid, args.uin, stranger=args.uin not in account.friends)
+        try:  # someone who left the portal is asked back in
+            await self.bridge.matrix.invite(room_id, user.mxid, user_id=self.bridge.puppets.mxid(args.uin))
+        except MatrixError:
+            pass  # already in the room, or invited
+        await reply(f"Your portal with {await self.bridge.puppets.label(args.uin)}: "
+                    f"https://matrix.to/#/{room_id}")  # fmt: skip
+
+    async def sync(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        account = self._account(user)
+        try:
+            online = await self.bridge.sync_account(account)
+        except errors.QQError as exc:
+            raise CommandError(f"QQ did not answer: {exc}") from None
+        await reply(f"Synced: {len(account.friends)} friends, {online} online.")

@@ -1,0 +1,106 @@
+"""Friend requests (QQ `MT=2`) as prompts in the control room.
+
+The prompt names who asks (nickname and UIN) and why, and how to answer: `accept` /
+`reject [reason]`, or a ✅ / ❌ reaction on the prompt (the bot offers both). The
+answer goes to QQ by Ack_AddToList, and the prompt is edited to show the outcome.
+Requests are stored, so pending ones survive a restart.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from qqbridge.bridge.commands import CommandError
+from qqbridge.qq import errors
+
+if TYPE_CHECKING:
+    from qqbridge.bridge.core import Bridge
+
+log = structlog.get_logger(__name__)
+
+ACCEPT, REJECT = "✅", "❌"
+
+
+def reaction_answer(key: str) -> bool | None:
+    """True for ✅, False for ❌ (with or without the emoji variation selector)."""
+    key = key.replace("\ufe0f", "")
+    return True if key == ACCEPT else False if key == REJECT else None
+
+
+class FriendRequests:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.store = bridge.store
+
+    def _prompt_text(self, label: str, uin: int, reason: str, outcome: str | None = None) -> str:
+        said = f"“{reason}”" if reason else "(no reason given)"
+        text = f"Friend request from {label}: {said}"
+        if outcome:
+            return f"{text}\n{outcome}"
+        return (f"{text}\nAnswer with `accept {uin}` or `reject {uin} [reason]`, "
+                f"or react {ACCEPT} or {REJECT} to this message.")  # fmt: skip
+
+    async def prompt(self, owner: str, uin: int, reason: str, *, cause: object) -> str | None:
+        from qqbridge.bridge.core import txn_for
+
+        await self.store.add_friend_request(owner, uin, reason)
+        user = await self.store.get_user(owner)
+        if user is None or not user.control_room_id:
+            log.warning("friend request kept, but no control room to show it in", owner=owner, uin=uin)
+            return None
+        room = user.control_room_id
+        label = await self.bridge.puppets.label(uin)
+        event_id = await self.bridge.notice(room, self._prompt_text(label, uin, reason), txn_id=txn_for("prompt", cause))
+        await self.store.set_friend_request_prompt(owner, uin, room, event_id)
+        for key in (ACCEPT, REJECT):  # one click answers
+            annotation = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+            await self.bridge.matrix.send(room, annotation, event_type="m.reaction", txn_id=txn_for("offer", event_id, key))
+        return event_id
+
+    async def answer(self, owner: str, uin: int, accept: bool, reason: str = "") -> str:
+        """Send the answer to QQ, record it, edit the prompt; the text to tell the user."""
+        request = await self.store.get_friend_request(owner, uin)
+        if request is None or request.state != "pending":
+            raise CommandError(f"There is no pending friend request from {uin}; type `requests` to see them.")
+        account = self.bridge.accounts.get(owner)
+        if account is None:
+            raise CommandError("Answering needs a QQ login; type `login <QQ number>` first.")
+        try:
+            if accept:
+                await account.qq.accept_request(uin)
+            else:
+                await account.qq.reject_request(uin, reason)
+        except errors.QQError as exc:
+            raise CommandError(f"QQ did not take the answer: {exc}. The request is still pending.") from None
+        await self.store.answer_friend_request(owner, uin, "accepted" if accept else "rejected")
+        label = await self.bridge.puppets.label(uin)
+        if accept:
+            account.friends.add(uin)
+            await self.bridge.puppets.ensure(uin)
+            outcome = f"{ACCEPT} Accepted: {label} is now your friend."
+        else:
+            outcome = f"{REJECT} Rejected" + (f": {reason}" if reason else ".")
+        if request.prompt_room_id and request.prompt_event_id:
+            await self._edit_prompt(request, self._prompt_text(label, uin, request.reason, outcome))
+        return outcome
+
+    async def _edit_prompt(self, request: object, text: str) -> None:
+        from qqbridge.bridge.core import txn_for
+
+        room, event_id = request.prompt_room_id, request.prompt_event_id  # type: ignore[attr-defined]
+        content = {
+            "msgtype": "m.notice", "body": f"* {text}",
+            "m.new_content": {"msgtype": "m.notice", "body": text},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+        }  # fmt: skip
+        await self.bridge.matrix.send(room, content, txn_id=txn_for("outcome", event_id, text))
+
+    async def reacted(self, owner: str, prompt_event_id: str, key: str) -> str | None:
+        """A reaction on a prompt: the outcome text, or None if it was not an answer."""
+        answer = reaction_answer(key)
+        request = await self.store.get_friend_request_by_prompt(prompt_event_id)
+        if answer is None or request is None or request.owner_mxid != owner or request.state != "pending":
+            return None
+        return await self.answer(owner, request.from_uin, answer)

@@ -1,0 +1,118 @@
+"""QQ → Matrix: what GetMsgEx returned is stored first, then relayed in order.
+
+    poller ──events──▶ store_inbound (idempotent by account, GetMsgEx SEQ, index)
+        ──▶ relay each pending row:
+            MT=9   the puppet posts the text in the portal (created if need be), plain text
+            MT=99  the puppet's presence, set only on change
+            MT=2   a friend-request prompt in the control room
+            MT=3/4 a notice that the contact accepted / rejected the user's request
+        Matrix send transaction ids come from the stored row, so relaying it again after
+        a crash returns the event already sent instead of a second one.
+
+A homeserver that is down leaves rows pending (the poller backs off and tries again);
+a refusal that will not pass marks the row failed and tells the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from qqbridge.matrix.api import MatrixError
+from qqbridge.qq import model
+
+if TYPE_CHECKING:
+    from qqbridge.bridge.core import Bridge
+
+log = structlog.get_logger(__name__)
+
+
+def as_row(event: model.Event) -> tuple[int, int, str]:
+    """(MT, sender, content) as the protocol carried it."""
+    match event:
+        case model.Message(sender, text):
+            return 9, sender, text
+        case model.StatusChange(uin, status):
+            return 99, uin, str(int(status))
+        case model.FriendRequest(sender, reason):
+            return 2, sender, reason
+        case model.RequestAccepted(sender):
+            return 3, sender, ""
+        case model.RequestRejected(sender, reason):
+            return 4, sender, reason
+        case model.UnknownEvent(kind, sender, content):
+            return kind, sender, content
+    raise TypeError(event)
+
+
+def passing(exc: MatrixError) -> bool:
+    """Worth trying again later: the homeserver was unreachable, busy or failing."""
+    return exc.status in (0, 429) or exc.status >= 500
+
+
+class Inbound:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.store = bridge.store
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def receive(self, owner: str, seq: int, events: list[model.Event]) -> None:
+        """The pollers' delivery: store, then relay. Raising keeps the SEQ for a refetch."""
+        account = self.bridge.accounts.get(owner)
+        user = None if account else await self.store.get_user(owner)
+        uin = account.uin if account else user.qq_uin if user else None
+        if uin is None:
+            log.warning("QQ events for a user who is no longer bridged", owner=owner, count=len(events))
+            return
+        await self.store.store_inbound(owner, uin, seq, [as_row(event) for event in events])
+        await self.relay_pending(owner)
+
+    async def relay_pending(self, owner: str) -> None:
+        async with self._locks.setdefault(owner, asyncio.Lock()):
+            for row in await self.store.pending_inbound(owner):
+                try:
+                    event_id = await self._relay(owner, row)
+                except MatrixError as exc:
+                    if passing(exc):
+                        raise  # the poller backs off; the row stays pending
+                    log.warning("relay refused by the homeserver", inbound_id=row.inbound_id, error=str(exc))
+                    await self.store.mark_inbound_failed(row.inbound_id, str(exc))
+                    await self.bridge.tell_user(owner, f"A QQ message from {row.sender_uin} could not be shown "
+                                                f"here: the homeserver said {exc.errcode}.")  # fmt: skip
+                    continue
+                await self.store.mark_inbound_relayed(row.inbound_id, event_id)
+
+    async def _relay(self, owner: str, row: Any) -> str | None:
+        from qqbridge.bridge.core import txn_for
+
+        bridge, sender = self.bridge, row.sender_uin
+        if row.kind == 9:
+            account = bridge.accounts.get(owner)
+            if account is not None:
+                await bridge.puppets.learn_nick(account.qq, sender)
+            stranger = account is not None and sender not in account.friends
+            room_id = await bridge.portals.room_for(owner, sender, stranger=stranger)
+            puppet = await bridge.puppets.ensure(sender)
+            content = {"msgtype": "m.text", "body": row.content}  # plain text: never HTML
+            return await bridge.matrix.send(room_id, content, txn_id=txn_for("in", row.inbound_id), user_id=puppet)
+        if row.kind == 99 and row.content.isdigit() and int(row.content) in (10, 20, 30):
+            await bridge.puppets.set_presence(sender, model.Status(int(row.content)))
+            return None
+        if row.kind == 2:
+            account = bridge.accounts.get(owner)
+            if account is not None:
+                await bridge.puppets.learn_nick(account.qq, sender)
+            return await bridge.friend_requests.prompt(owner, sender, row.content, cause=row.inbound_id)
+        label = await bridge.puppets.label(sender)
+        if row.kind == 3:
+            account = bridge.accounts.get(owner)
+            if account is not None:
+                account.friends.add(sender)
+            text = f"{label} accepted your friend request."
+        elif row.kind == 4:
+            text = f"{label} rejected your friend request" + (f": {row.content}" if row.content else ".")
+        else:
+            text = f"QQ sent something this bridge does not understand (MT={row.kind} from {sender}: {row.content!r})."
+        return await bridge.notice_user(owner, text, txn_id=txn_for("in", row.inbound_id))

@@ -1,0 +1,50 @@
+"""The QQ request counter (SEQ), per bridge user, kept in `qq_seq` and `qq_seq_issued`.
+
+`issue` is the one place a SEQ is made. It writes but opens no transaction of its own:
+`Store.next_seq` runs it in one, and `messages.enqueue_outgoing` runs it inside the
+transaction that stores the outgoing message with its SEQ, so the two are kept, or
+lost, together.
+"""
+
+from __future__ import annotations
+
+from qqbridge.store.database import Database
+
+# SEQ is 1 to 10 decimal digits (PROTOCOL.md section 2); past the end the counter
+# wraps to the clock.
+SEQ_MAX = 9_999_999_999
+
+
+async def issue(db: Database, mxid: str, purpose: str, now_ms: int) -> int:
+    """The next SEQ of `mxid` (who must exist), also remembered as the last for
+    `purpose`. Call inside a transaction; `now_ms` is the clock, Unix milliseconds."""
+    # The server remembers a SEQ per QQ account (not per bridge user) for 10 minutes.
+    # So the counter never falls behind the clock in milliseconds (modulo the range):
+    # a counter recreated after a database reset, or another Matrix user taking over
+    # the same QQ account, cannot reuse a SEQ the server still remembers, as long as
+    # nobody issues more than one SEQ a millisecond.
+    clock = now_ms % SEQ_MAX + 1
+    seq = await db.fetchval(
+        "INSERT INTO qq_seq (mxid, last_seq) VALUES ($1, $2) ON CONFLICT (mxid) DO UPDATE"
+        " SET last_seq = CASE WHEN qq_seq.last_seq >= $3 THEN $2"
+        " WHEN qq_seq.last_seq + 1 > $2 THEN qq_seq.last_seq + 1 ELSE $2 END"
+        " RETURNING last_seq",
+        mxid,
+        clock,
+        SEQ_MAX,
+    )
+    await db.execute(
+        "INSERT INTO qq_seq_issued (mxid, purpose, seq, issued_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (mxid, purpose) DO UPDATE SET seq = excluded.seq, issued_at = excluded.issued_at",
+        mxid,
+        purpose,
+        seq,
+        now_ms,
+    )
+    return int(seq)
+
+
+async def last(db: Database, mxid: str, purpose: str) -> int | None:
+    """The SEQ last issued to `mxid` for `purpose`, or None."""
+    seq = await db.fetchval("SELECT seq FROM qq_seq_issued WHERE mxid = $1 AND purpose = $2", mxid, purpose)
+    return None if seq is None else int(seq)

@@ -50,7 +50,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     finally:
         try:
             await asyncio.wait_for(bridge.stop(), SHUTDOWN_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("shutdown took too long; leaving the rest")
         await runner.cleanup()
         await matrix.close()

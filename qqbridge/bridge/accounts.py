@@ -36,7 +36,7 @@ Notify = Callable[[str, str], Awaitable[None]]
 Hook = Callable[["QQAccount"], Awaitable[None]]
 
 
-class AccountState(str, enum.Enum):
+class AccountState(enum.StrEnum):
     CONNECTING = "connecting"
     ONLINE = "online"
     UNREACHABLE = "unreachable"
@@ -180,7 +180,7 @@ class QQAccount:
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _trouble(self, why: str) -> None:

@@ -181,8 +181,11 @@ class ControlRoom:
             await reply(f"QQ: {state}.")
             return
         last = f"{time.time() - account.last_poll:.0f} s ago" if account.last_poll else "not yet"
+        waiting_in = await self.store.count_pending_inbound(user.mxid)
+        waiting_out = await self.store.count_pending_outgoing(user.mxid)
         lines = [f"QQ {account.uin}: {account.state.value}, status {account.status.name.lower()}",
-                 f"last poll: {last}; messages fetched: {account.fetched}"]  # fmt: skip
+                 f"last poll: {last}; messages fetched: {account.fetched}",
+                 f"queued: {waiting_in} from QQ to Matrix, {waiting_out} from Matrix to QQ"]  # fmt: skip
         if account.last_error:
             lines.append(f"last problem: {account.last_error}")
         await reply("\n".join(lines))

@@ -87,7 +87,7 @@ class HomeserverAPI:
                         answer = await response.json(content_type=None)
                     except (json.JSONDecodeError, aiohttp.ContentTypeError):
                         answer = {}
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 status, answer = 0, {"errcode": "M_UNREACHABLE", "error": str(exc) or type(exc).__name__}
             if not isinstance(answer, dict):
                 answer = {}

@@ -13,8 +13,8 @@ RES=5; then the command itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from qqbridge.qqsim.wire import Malformed, encode, encode_list, is_digits, parse_body
 from qqbridge.qqsim.world import World

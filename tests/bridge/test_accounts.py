@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from qqbridge.bridge.accounts import AccountState, Accounts
+from qqbridge.bridge.accounts import Accounts, AccountState
 from qqbridge.qq import errors, model
 
 

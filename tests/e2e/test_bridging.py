@@ -5,63 +5,14 @@ Synapse, the simulator and the bridge process."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from nio import RoomMessageNotice
 
-from qqbridge.qq import QQClient, model, password_md5
-from tests.e2e.test_control_room import command, control_room
+from qqbridge.qq import model
+from tests.e2e.conftest import received
+from tests.e2e.test_control_room import command
 
-PASSWORDS = {10001: "secret", 10002: "hunter2", 10004: "dave-pw", 10005: "erin-pw", 10006: "frank-pw"}
 TRICKY = ["你好，世界 😀👍🏽", "a&b=c,d%e+f", "two\nlines\n\nand a gap", "<b>not bold</b> &amp; literal"]
-
-
-@pytest.fixture
-async def qq(stack) -> AsyncIterator[object]:
-    """`await qq(10002)`: a QQ user on another computer, logged in through the protocol."""
-    clients: list[QQClient] = []
-
-    async def login(uin: int) -> QQClient:
-        client = QQClient(stack.sim_url, uin, local_address="127.0.0.2", timeout=10)
-        await client.login(password_md5(PASSWORDS[uin]))
-        clients.append(client)
-        return client
-
-    yield login
-    for client in clients:
-        await client.logout()
-        await client.aclose()
-
-
-@pytest.fixture
-async def bridged(stack, user) -> AsyncIterator[object]:
-    """`await bridged("dan", 10001)`: a Matrix user logged into QQ through the bridge."""
-    done: list[tuple[object, str]] = []
-
-    async def make(name: str, uin: int):
-        person = await user(name)
-        room = await control_room(person, stack)
-        await command(person, room, f"login {uin}", "next message", stack)
-        await person.say(room, PASSWORDS[uin])
-        await person.wait_for_text(room, f"Logged into QQ as {uin}", sender=stack.bot, timeout=60)
-        done.append((person, room))
-        return person, room
-
-    yield make
-    for person, room in done:
-        await command(person, room, "logout", "Logged out", stack)
-
-
-async def received(client: QQClient, count: int, timeout: float = 30) -> list[model.Message]:
-    """Fetch until `count` user messages have come."""
-    messages: list[model.Message] = []
-    deadline = asyncio.get_running_loop().time() + timeout
-    while len(messages) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"only {len(messages)} of {count}: {messages}"
-        messages += [e for e in await client.drain_messages() if isinstance(e, model.Message)]
-        await asyncio.sleep(0.1)
-    return messages
 
 
 async def test_chat_both_ways(stack, bridged, qq) -> None:
@@ -187,6 +138,8 @@ async def test_replies_edits_media_emotes_redactions_and_other_people(stack, bri
     await dan.client.room_invite(portal, eve.mxid)
     await eve.client.join(portal)
     await eve.say(portal, "I am not the owner")
+    await dan.say(portal, "!qq ping")  # a command in a portal: answered there, not relayed
+    await dan.wait_for_text(portal, "QQ 10001: online", sender=stack.bot)
     await dan.say(portal, "last one")
     got = [m.text for m in await received(bob, 6)]
     assert got[0] == "first version" and got[1] == "quoting you" and got[2] == "(edited) second version"

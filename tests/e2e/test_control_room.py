@@ -4,8 +4,6 @@ being refused without permission."""
 
 from __future__ import annotations
 
-import pytest
-
 from qqbridge.qq import QQClient, model, password_md5
 from tests.e2e.harness import room_event
 

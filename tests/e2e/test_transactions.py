@@ -4,7 +4,6 @@ transactions (also across a restart), the query endpoints and unknown routes."""
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.e2e.test_control_room import command, control_room
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from qqbridge.qqsim import Simulator
-from tests.sim.conftest import SimFactory
 from tests.sim.accounts import ALICE, BOB, CAROL, DAVE, EVE, PASSWORDS
+from tests.sim.conftest import SimFactory
 from tests.sim.simclient import LC, QQ, body_of, md5
 
 

@@ -9,11 +9,13 @@ import signal
 import structlog
 from aiohttp import web
 
+from qqbridge import health
 from qqbridge import log as logsetup
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import HomeserverAPI, MatrixError
 from qqbridge.matrix.appservice import AppserviceEndpoint
+from qqbridge.metrics import Metrics
 from qqbridge.qq import QQClient
 from qqbridge.store import Store
 
@@ -29,16 +31,27 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     def qq_for(uin: int) -> QQClient:
         return QQClient(config.qq.server_url, uin, local_address=config.qq.local_address, timeout=config.qq.timeout)
 
-    bridge = Bridge(config, store, matrix, qq_for)
+    metrics = Metrics()
+    bridge = Bridge(config, store, matrix, qq_for, metrics)
     endpoint = AppserviceEndpoint(
         config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists
     )
+    health.add_routes(endpoint.app, bridge, store, metrics)
     runner = web.AppRunner(endpoint.app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.appservice.host, config.appservice.port)
     await site.start()
     try:
-        await bridge.start()
+        starting = asyncio.create_task(bridge.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # SIGTERM while the homeserver was still out of reach
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.info("shutting down before the bridge was up")
+            return
+        stopping.cancel()
+        starting.result()  # a start that failed for good raises here
         try:
             await matrix.set_displayname(config.bot_mxid, config.appservice.bot_displayname)
         except MatrixError as exc:

@@ -27,6 +27,7 @@ def _generate_registration(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qqbridge.demo import run as demo_run
     from qqbridge.qqsim import cli as qqsim_cli
 
     parser = argparse.ArgumentParser(prog="qqbridge", description="Matrix <-> QQ bridge")
@@ -44,11 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("qq-sim", help="serve the QQ HTTP protocol 1.1 from a fixture (simulator)")
     qqsim_cli.add_arguments(sim)
     sim.set_defaults(handler=qqsim_cli.run)
+
+    demo = sub.add_parser("demo", help="run the simulator, a local Synapse and the bridge, ready for Element")
+    demo_run.add_arguments(demo)
+    demo.set_defaults(handler=demo_run.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from qqbridge.config import ConfigError
+    from qqbridge.matrix.api import MatrixError
+    from qqbridge.store import StoreError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -56,3 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"qqbridge: bad config: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"qqbridge: database: {exc}", file=sys.stderr)
+        return 1
+    except MatrixError as exc:
+        print(f"qqbridge: homeserver: {exc} (try `qqbridge doctor -c CONFIG`)", file=sys.stderr)
+        return 1

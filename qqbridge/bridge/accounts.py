@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from qqbridge.bridge.ports import QQ, QQFactory
+from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,16 @@ class AccountState(enum.StrEnum):
     UNREACHABLE = "unreachable"
     BAD_PASSWORD = "bad_password"
     STOPPED = "stopped"
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The `kind` label of qqbridge_failures_total for a failure met talking to QQ."""
+    kinds: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        (errors.NotLoggedIn, "qq_session_lost"), (errors.WrongPassword, "qq_bad_password"),
+        ((errors.ServerUnavailable, errors.OutcomeUnknown), "qq_unreachable"), (errors.RateLimited, "qq_rate_limited"),
+        ((errors.RemoteProtocolError, errors.NullReply), "qq_protocol"), (errors.IllegalAccount, "qq_refused"),
+    ]  # fmt: skip
+    return next((kind for types, kind in kinds if isinstance(exc, types)), "internal")
 
 
 class Backoff:
@@ -75,6 +86,7 @@ class QQAccount:
         backoff_cap: float = 60.0,
         on_login: Hook | None = None,
         sender: Hook | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.mxid, self.uin = mxid, uin
         self._password_md5 = password_md5
@@ -93,6 +105,7 @@ class QQAccount:
         self.friends: set[int] = set()  # as QQ last listed them; strangers are the rest
         self._on_login = on_login
         self._sender = sender
+        self._metrics = metrics
         self._synced = False  # has on_login run since the latest login?
         self._login_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -156,25 +169,40 @@ class QQAccount:
                     await self._on_login(self)
                 self._synced = True
                 had_events = await self.poll_once()
+                self._count("ok")
                 self._backoff.reset()
                 self.last_error = None
                 idle = self._poll_fast if had_events else min(idle * 2, self._poll_idle)
                 await self._pause(idle)
             except asyncio.CancelledError:
                 raise
-            except errors.NotLoggedIn:
-                log.info("QQ session lost; logging in again", uin=self.uin)
-                self.logged_in = False
-                self._synced = False
-            except errors.WrongPassword as exc:
-                await self._stop_for_password(exc)
-                return
-            except (errors.ServerUnavailable, errors.OutcomeUnknown, errors.RateLimited,
-                    errors.RemoteProtocolError, errors.NullReply, errors.IllegalAccount) as exc:  # fmt: skip
-                await self._trouble(str(exc))
-            except Exception as exc:  # a bug must not kill the poller or touch other accounts
-                log.exception("poller failure", uin=self.uin)
-                await self._trouble(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                self._count("error", exc)
+                if not await self._recover(exc):
+                    return
+
+    async def _recover(self, exc: Exception) -> bool:
+        """What the poller does about a failure; False when it must stop."""
+        if isinstance(exc, errors.NotLoggedIn):
+            log.info("QQ session lost; logging in again", uin=self.uin)
+            self.logged_in = False
+            self._synced = False
+        elif isinstance(exc, errors.WrongPassword):
+            await self._stop_for_password(exc)
+            return False
+        elif isinstance(exc, errors.QQError):  # unreachable, no answer, too fast, garbled: wait
+            await self._trouble(str(exc))
+        else:  # a bug must not kill the poller or touch other accounts
+            log.error("poller failure", uin=self.uin, exc_info=exc)
+            await self._trouble(f"{type(exc).__name__}: {exc}")
+        return True
+
+    def _count(self, result: str, exc: BaseException | None = None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.polls.labels(result).inc()
+        if exc is not None:
+            self._metrics.failures.labels(failure_kind(exc)).inc()
 
     async def _pause(self, seconds: float) -> None:
         self._wake.clear()

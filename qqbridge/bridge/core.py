@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from qqbridge.bridge.accounts import Accounts, QQAccount
+from qqbridge.bridge.accounts import Accounts, AccountState, QQAccount
 from qqbridge.bridge.control_room import ControlRoom
 from qqbridge.bridge.friend_requests import FriendRequests
 from qqbridge.bridge.inbound import Inbound
@@ -33,6 +33,7 @@ from qqbridge.bridge.ports import Matrix, QQFactory
 from qqbridge.bridge.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
+from qqbridge.metrics import Metrics
 from qqbridge.qq import model
 
 log = structlog.get_logger(__name__)
@@ -45,8 +46,13 @@ def txn_for(*parts: object) -> str:
 
 
 class Bridge:
-    def __init__(self, config: Config, store: Any, matrix: Matrix, qq_factory: QQFactory) -> None:
+    def __init__(
+        self, config: Config, store: Any, matrix: Matrix, qq_factory: QQFactory, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
+        self.metrics.refresh_with(self._refresh_metrics)
+        self.started = False
         self.store = store
         self.matrix = matrix
         self.permissions = Permissions(config.permissions)
@@ -59,7 +65,7 @@ class Bridge:
         self.accounts = Accounts(
             qq_factory, store, self.inbound.receive, self.tell_user,
             poll_fast=config.qq.poll_fast, poll_idle=config.qq.poll_idle, backoff_cap=60.0 * scale,
-            on_login=self.sync_account, sender=self.outbox.run,
+            on_login=self.sync_account, sender=self.outbox.run, metrics=self.metrics,
         )  # fmt: skip
         self.control = ControlRoom(self)
         self._wake = asyncio.Event()
@@ -77,6 +83,7 @@ class Bridge:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
         self.wake()  # events stored before a restart are handled now
+        self.started = True
 
     async def stop(self) -> None:
         if self._inbox_task is not None:
@@ -89,6 +96,15 @@ class Bridge:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _refresh_metrics(self) -> None:
+        states = [account.state.value for account in self.accounts.running.values()]
+        for state in AccountState:
+            self.metrics.accounts.labels(state.value).set(states.count(state.value))
+        queues = self.metrics.queue_size
+        queues.labels("qq_to_matrix").set(await self.store.count_pending_inbound())
+        queues.labels("matrix_to_qq").set(await self.store.count_pending_outgoing())
+        queues.labels("matrix_inbox").set(await self.store.count_pending_events())
 
     async def user_exists(self, mxid: str) -> bool:
         """The appservice user query: the bot and any well-formed puppet exist."""

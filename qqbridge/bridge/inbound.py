@@ -16,6 +16,7 @@ a refusal that will not pass marks the row failed and tells the user.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -78,11 +79,15 @@ class Inbound:
                     if passing(exc):
                         raise  # the poller backs off; the row stays pending
                     log.warning("relay refused by the homeserver", inbound_id=row.inbound_id, error=str(exc))
+                    self.bridge.metrics.failures.labels("matrix_refused").inc()
                     await self.store.mark_inbound_failed(row.inbound_id, str(exc))
                     await self.bridge.tell_user(owner, f"A QQ message from {row.sender_uin} could not be shown "
                                                 f"here: the homeserver said {exc.errcode}.")  # fmt: skip
                     continue
                 await self.store.mark_inbound_relayed(row.inbound_id, event_id)
+                if row.kind == 9:
+                    self.bridge.metrics.messages.labels("qq_to_matrix").inc()
+                    self.bridge.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
 
     async def _relay(self, owner: str, row: Any) -> str | None:
         from qqbridge.bridge.core import txn_for

@@ -108,6 +108,7 @@ class Outbox:
         from qqbridge.bridge.core import txn_for
 
         log.info("message refused by QQ", outbox_id=row.outbox_id, why=why)
+        self.bridge.metrics.failures.labels("qq_refused").inc()
         await self.store.mark_outgoing_failed(row.outbox_id, why)
         content = {"msgtype": "m.notice", "body": f"⚠ Not delivered: {why}",
                    "m.relates_to": {"m.in_reply_to": {"event_id": row.event_id}}}  # fmt: skip
@@ -116,6 +117,8 @@ class Outbox:
     async def _mark_read_when_complete(self, row: Any) -> None:
         pieces = await self.store.get_outgoing_by_event(row.event_id)
         if all(piece.state == "sent" for piece in pieces):
+            self.bridge.metrics.messages.labels("matrix_to_qq").inc()
+            self.bridge.metrics.latency.labels("matrix_to_qq").observe(time.time() - row.created_at / 1000)
             try:
                 await self.bridge.matrix.mark_read(row.room_id, row.event_id)
             except MatrixError as exc:

@@ -26,6 +26,20 @@ def _generate_registration(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from qqbridge.config import load_config
+    from qqbridge.doctor import diagnose, report
+
+    config = load_config(args.config)
+    registration = Path(args.registration) if args.registration else Path(args.config).with_name("registration.yaml")
+    findings = asyncio.run(diagnose(config, registration=registration if registration.exists() or args.registration
+                                    else None))  # fmt: skip
+    print(report(findings))
+    return 0 if all(finding.ok for finding in findings) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from qqbridge.demo import run as demo_run
     from qqbridge.qqsim import cli as qqsim_cli
@@ -41,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-c", "--config", required=True, help="the config file; gets the new tokens too")
     reg.add_argument("-o", "--output", default="registration.yaml", help="where to write the registration")
     reg.set_defaults(handler=_generate_registration)
+
+    doctor = sub.add_parser("doctor", help="check the config, registration, homeserver, QQ server and database")
+    doctor.add_argument("-c", "--config", required=True, help="the config file")
+    doctor.add_argument("-r", "--registration", help="the registration file (default: registration.yaml beside the config)")
+    doctor.set_defaults(handler=_doctor)
 
     sim = sub.add_parser("qq-sim", help="serve the QQ HTTP protocol 1.1 from a fixture (simulator)")
     qqsim_cli.add_arguments(sim)

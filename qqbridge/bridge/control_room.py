@@ -54,6 +54,7 @@ class ControlRoom:
                   arguments=lambda p: p.add_argument("status", nargs="?", choices=list(STATUSES)))
         table.add("cancel", "stop waiting for a password", self.cmd_cancel)
         table.add("accounts", "every bridged account and its state", self.cmd_accounts, admin=True)
+        table.add("doctor", "check the homeserver, QQ server, database and permissions", self.cmd_doctor, admin=True)
         table.add("logout-user", "force a user's QQ account out", self.cmd_logout_user, admin=True,
                   arguments=lambda p: p.add_argument("mxid", help="the Matrix ID"))  # fmt: skip
         ContactCommands(bridge, table)
@@ -214,6 +215,11 @@ class ControlRoom:
             state = account.state.value if account else bridged.login_state
             lines.append(f"{bridged.mxid}: QQ {bridged.qq_uin or '-'}, {state}")
         await reply("\n".join(lines) or "Nobody uses the bridge yet.")
+
+    async def cmd_doctor(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+        from qqbridge.doctor import diagnose, report
+
+        await reply(report(await diagnose(self.bridge.config, store=self.store)))
 
     async def cmd_logout_user(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         target = await self.store.get_user(args.mxid)

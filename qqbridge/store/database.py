@@ -117,6 +117,8 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by `***` (in the user info or the query)."""
+    if "@" not in url and "password" not in url.lower():
+        return url  # nothing secret; and urlunsplit would drop the empty host of sqlite:///path
     try:
         parts = urlsplit(url)
     except ValueError:

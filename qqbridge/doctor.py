@@ -1,0 +1,176 @@
+"""`qqbridge doctor` (and the admin command `doctor`): checks what users most often get
+wrong, each finding with how to fix it.
+
+    registration  the registration file's tokens, URL and namespaces match the config
+    homeserver    the bridge reaches the homeserver at homeserver.url
+    as_token      the homeserver knows the bridge's as_token (it loaded this registration)
+    appservice    the homeserver reaches the bridge (the homeserver's appservice ping)
+    qq server     the QQ server answers the QQ HTTP protocol 1.1
+    database      the database opens, migrates and takes a write
+    permissions   someone is allowed in
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from qqbridge.config import Config
+from qqbridge.qq import QQClient, errors
+
+SAMPLE_UIN = 10000  # a legal QQ number; Logout for it changes nothing anywhere
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{'✔' if self.ok else '✘'} {self.check}: {self.detail}"
+        return text + (f"\n    fix: {self.fix}" if self.fix and not self.ok else "")
+
+
+def check_registration(config: Config, path: Path) -> list[Finding]:
+    try:
+        registration = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        return [Finding("registration", False, f"cannot read {path}: {exc}",
+                        "run `qqbridge generate-registration -c CONFIG -o REGISTRATION`")]  # fmt: skip
+    if not isinstance(registration, dict):
+        return [Finding("registration", False, f"{path} is not a registration", "generate it again")]
+    findings = []
+    regen = (f"run `qqbridge generate-registration` again (it writes both files), give {path} to the "
+             "homeserver and restart it")  # fmt: skip
+    for key in ("as_token", "hs_token"):
+        if registration.get(key) != getattr(config.appservice, key):
+            findings.append(Finding("registration", False, f"{key} in {path} differs from the config's", regen))
+    if registration.get("url") != config.appservice.url:
+        findings.append(Finding("registration", False, f"url {registration.get('url')!r} in {path} is not the "
+                                f"config's appservice.url {config.appservice.url!r}", regen))  # fmt: skip
+    users = (registration.get("namespaces") or {}).get("users") or []
+    regexes = [ns.get("regex", "") for ns in users if isinstance(ns, dict)]
+    for mxid in (config.bot_mxid, config.puppet_mxid(SAMPLE_UIN)):
+        if not any(re.fullmatch(regex, mxid) for regex in regexes if isinstance(regex, str)):
+            findings.append(Finding("registration", False, f"no user namespace covers {mxid} (wrong domain?)", regen))
+    return findings or [Finding("registration", True, f"{path} matches the config")]
+
+
+async def check_homeserver(config: Config) -> list[Finding]:
+    base, token = config.homeserver.url, config.appservice.as_token
+    async with httpx.AsyncClient(timeout=10) as http:
+        try:
+            await http.get(f"{base}/_matrix/client/versions")
+        except httpx.HTTPError as exc:
+            return [Finding("homeserver", False, f"the bridge cannot reach {base}: {exc or type(exc).__name__}",
+                            "check homeserver.url: the address the bridge uses for the homeserver's client API")]
+        findings = [Finding("homeserver", True, f"{base} answers")]
+        auth = {"Authorization": f"Bearer {token}"}
+        whoami = await http.get(f"{base}/_matrix/client/v3/account/whoami", headers=auth)
+        if whoami.status_code != 200:
+            findings.append(Finding("as_token", False, f"the homeserver refuses the bridge's as_token "
+                                    f"({_errcode(whoami)}): it has not loaded this bridge's registration",
+                                    "give the homeserver the registration made with this config "
+                                    "(app_service_config_files in Synapse) and restart it"))  # fmt: skip
+            return findings
+        findings.append(Finding("as_token", True, f"the homeserver knows the bridge as {whoami.json().get('user_id')}"))
+        ping = await http.post(
+            f"{base}/_matrix/client/v1/appservice/{config.appservice.id}/ping",
+            json={"transaction_id": f"doctor-{secrets.token_hex(4)}"}, headers=auth,
+        )  # fmt: skip
+        findings.append(_ping_finding(config, ping))
+    return findings
+
+
+def _errcode(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    return f"HTTP {response.status_code} {body.get('errcode', '')}".strip()
+
+
+def _ping_finding(config: Config, ping: httpx.Response) -> Finding:
+    url = config.appservice.url
+    if ping.status_code == 200:
+        return Finding("appservice", True, f"the homeserver reaches the bridge at {url} "
+                       f"({ping.json().get('duration_ms', '?')} ms)")  # fmt: skip
+    code = _errcode(ping)
+    if "M_CONNECTION" in code:
+        return Finding("appservice", False, f"the homeserver cannot reach the bridge at {url} ({code})",
+                       "is `qqbridge run` running? appservice.url must be reachable from the homeserver, and "
+                       "appservice.host/port must listen there (0.0.0.0 in a container)")  # fmt: skip
+    if "M_BAD_STATUS" in code:
+        return Finding("appservice", False, f"the bridge refused the homeserver's call ({code}): the homeserver's "
+                       "hs_token differs from the config's", "regenerate the registration and restart the homeserver")
+    if "M_URL_NOT_SET" in code:
+        return Finding("appservice", False, "the registration the homeserver loaded has no url",
+                       "set url in the registration to appservice.url and restart the homeserver")  # fmt: skip
+    return Finding("appservice", False, f"the appservice ping failed ({code})",
+                   "the homeserver may predate the ping (Matrix 1.7); check its log for transactions to the bridge")
+
+
+async def check_qq(config: Config) -> Finding:
+    url = config.qq.server_url
+    async with QQClient(url, SAMPLE_UIN, local_address=config.qq.local_address, timeout=10) as client:
+        try:
+            await client.logout()
+        except errors.ServerUnavailable as exc:
+            return Finding("qq server", False, str(exc), "check qq.server_url, and that the QQ server runs")
+        except errors.QQError as exc:
+            return Finding("qq server", False, f"{url} answers, but not as the QQ HTTP protocol 1.1: {exc}",
+                           "qq.server_url must point at a QQ HTTP protocol 1.1 server")  # fmt: skip
+    return Finding("qq server", True, f"{url} speaks the QQ HTTP protocol 1.1")
+
+
+async def check_database(config: Config, store: Any = None) -> Finding:
+    from qqbridge.store import Store
+    from qqbridge.store.database import redact_url
+
+    where = redact_url(config.database.url)
+    opened = None
+    try:
+        if store is None:
+            store = opened = await Store.open(config.database.url)
+        await store.set_state("doctor-last-check", str(int(time.time())))
+        await store.get_state("doctor-last-check")
+    except Exception as exc:  # any failure here is the finding
+        return Finding("database", False, f"{where}: {exc}",
+                       "database.url must name a database the bridge's user can create and write")  # fmt: skip
+    finally:
+        if opened is not None:
+            await opened.close()
+    return Finding("database", True, f"{where} opens and takes a write")
+
+
+def check_permissions(config: Config) -> Finding:
+    if not config.permissions:
+        return Finding("permissions", False, "nobody may use the bridge: `permissions` is empty",
+                       f'add e.g. "{config.homeserver.domain}": user and "@you:{config.homeserver.domain}": admin')
+    admins = [who for who, level in config.permissions.items() if level == "admin"]
+    detail = f"{len(config.permissions)} rule(s)" + ("" if admins else "; nobody is admin")
+    return Finding("permissions", True, detail)
+
+
+async def diagnose(config: Config, *, registration: Path | None = None, store: Any = None) -> list[Finding]:
+    findings = check_registration(config, registration) if registration is not None else []
+    findings += await check_homeserver(config)
+    findings.append(await check_qq(config))
+    findings.append(await check_database(config, store))
+    findings.append(check_permissions(config))
+    return findings
+
+
+def report(findings: list[Finding]) -> str:
+    problems = sum(not finding.ok for finding in findings)
+    summary = "No problems found." if not problems else f"{problems} problem(s) found."
+    return "\n".join([finding.line() for finding in findings] + [summary])

@@ -160,6 +160,7 @@ class Bridge:
                 await self.control.invited(event.room_id, event.sender, event.event_id)
             elif membership in ("leave", "ban") and event.state_key == event.sender:
                 await self.control.member_left(event.room_id, event.sender)
+                await self._owner_left_portal(event.room_id, event.sender)
             return
         portal = await self.store.get_portal_by_room(event.room_id)
         if portal is not None:
@@ -200,6 +201,18 @@ class Bridge:
                               "room, then send it again.", txn_id=txn_for("offline", cause))  # fmt: skip
             return
         await self.outbox.enqueue(event.sender, room, cause, portal.uin, text)
+        self.accounts.get(event.sender).poke()  # a chat is active: look for the answer soon
+
+    async def _owner_left_portal(self, room_id: str, mxid: str) -> None:
+        """The owner left: the next message either way opens a fresh portal."""
+        portal = await self.store.get_portal_by_room(room_id)
+        if portal is not None and portal.owner_mxid == mxid:
+            await self.store.forget_portal_room(mxid, portal.uin)
+            for member in (self.puppets.mxid(portal.uin), self.config.bot_mxid):
+                try:
+                    await self.matrix.leave(room_id, user_id=member)
+                except MatrixError as exc:
+                    log.info("could not leave a closed portal", room_id=room_id, error=str(exc))
 
     async def sync_account(self, account: QQAccount) -> int:
         """After a login and on `sync`: friends, their nicknames and presence from QQ."""

@@ -169,3 +169,17 @@ async def test_contact_commands(stack, bridged, qq) -> None:
     await command(dan, room, "open 10003", "Your portal with", stack)
     await command(dan, room, "add 55555", "not an account", stack)
     await command(dan, room, "whois", "usage: whois", stack)
+
+
+async def test_leaving_a_portal_closes_it_and_the_next_message_opens_a_new_one(stack, bridged, qq) -> None:
+    dan, _ = await bridged("carol5", 10001)
+    bob = await qq(10002)
+    await bob.send_message(10001, "first portal")
+    first = await dan.accept_invite("@_qq_10002:localhost")
+    await dan.wait_for_text(first, "first portal")
+    await dan.client.room_leave(first)
+    await asyncio.sleep(2)  # the bridge handles the leave (in well under a second here)
+    await bob.send_message(10001, "second portal")
+    second = await dan.accept_invite("@_qq_10002:localhost")
+    assert second != first
+    await dan.wait_for_text(second, "second portal")

@@ -69,6 +69,7 @@ class QQ(_Section):
 
 class Database(_Section):
     url: str = "sqlite:///qqbridge.db"
+    retention_days: float = Field(7.0, gt=0, description="how long delivered messages stay in the database")
 
 
 class Logging(_Section):

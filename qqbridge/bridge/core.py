@@ -15,6 +15,7 @@ back to it; in a portal only its owner is relayed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from typing import Any
@@ -82,6 +83,7 @@ class Bridge:
             if user.login_state == "logged_in" and user.qq_uin and user.password_md5:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
+        self._keep(asyncio.create_task(self._janitor(), name="janitor"))
         self.wake()  # events stored before a restart are handled now
         self.started = True
 
@@ -96,6 +98,20 @@ class Bridge:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _janitor(self) -> None:
+        """Hourly: forget what was delivered longer ago than database.retention_days."""
+        while True:
+            try:
+                pruned = await self.store.prune(self.config.database.retention_days * 86400)
+                log.info("pruned delivered rows", **dataclasses.asdict(pruned))
+            except Exception:
+                log.exception("pruning failed; trying again in an hour")
+            await asyncio.sleep(3600)
 
     async def _refresh_metrics(self) -> None:
         states = [account.state.value for account in self.accounts.running.values()]
@@ -128,9 +144,7 @@ class Bridge:
                 if event.event_id in self._inflight:
                     continue
                 self._inflight.add(event.event_id)
-                task = asyncio.create_task(self._handle_in_order(event))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep(asyncio.create_task(self._handle_in_order(event)))
 
     async def _handle_in_order(self, event: Any) -> None:
         lock = self._room_locks.setdefault(event.room_id, asyncio.Lock())

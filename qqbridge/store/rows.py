@@ -110,6 +110,8 @@ class PruneResult:
 
     events: int
     transactions: int
+    inbound: int = 0  # QQ events relayed (or failed for good)
+    outgoing: int = 0  # outbox pieces sent (or failed for good)
 
 
 @dataclass(frozen=True, slots=True)

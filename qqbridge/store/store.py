@@ -179,8 +179,9 @@ class Store:
         await self.db.purge_freed_data()
 
     async def prune(self, older_than_seconds: float) -> PruneResult:
-        """Forget handled events older than that, and transaction ids older than that
-        or 24 hours, whichever is longer. Pending events are never pruned."""
+        """Forget handled events, relayed QQ events and sent outbox pieces older than
+        that, and transaction ids older than that or 24 hours, whichever is longer.
+        Nothing still pending is ever pruned."""
         if not isinstance(older_than_seconds, (int, float)) or older_than_seconds < 0:
             raise InvalidValueError(f"older_than_seconds must be >= 0, not {older_than_seconds!r}")
         now = self._now_ms()
@@ -192,7 +193,10 @@ class Store:
                 now - int(older_than_seconds * 1000),
             )
             txns = await self.db.execute("DELETE FROM appservice_txn WHERE received_at < $1", now - int(txn_age * 1000))
-        return PruneResult(events=events, transactions=txns)
+            cutoff = now - int(older_than_seconds * 1000)
+            inbound = await self.db.execute("DELETE FROM qq_inbound WHERE state <> 'pending' AND fetched_at < $1", cutoff)
+            outgoing = await self.db.execute("DELETE FROM outbox WHERE state <> 'pending' AND created_at < $1", cutoff)
+        return PruneResult(events=events, transactions=txns, inbound=inbound, outgoing=outgoing)
 
     # -- bridge users ---------------------------------------------------------------
 

@@ -346,3 +346,18 @@ async def test_attempts_sent_and_failed(users: Store, clock: FakeClock) -> None:
     with pytest.raises(InvalidValueError):
         await store.mark_outgoing_sent(0)
     assert [p.state for p in await store.get_outgoing_by_event("$e")] == ["sent", "failed", "pending"]
+
+
+async def test_prune_forgets_delivered_messages_but_never_pending_ones(users: Store, clock: FakeClock) -> None:
+    store = users
+    await store.store_inbound(ALICE, ALICE_QQ, 7, [(9, BOB_QQ, "relayed"), (9, BOB_QQ, "still pending")])
+    first, _ = await store.pending_inbound(ALICE)
+    await store.mark_inbound_relayed(first.inbound_id, "$shown")
+    sent, waiting = await store.enqueue_outgoing(ALICE, "!dm:x", "$out", BOB_QQ, ["sent", "waiting"])
+    await store.mark_outgoing_sent(sent.outbox_id)
+    clock.advance(3600)
+    result = await store.prune(older_than_seconds=60)
+    assert (result.inbound, result.outgoing) == (1, 1)
+    assert [m.content for m in await store.pending_inbound(ALICE)] == ["still pending"]
+    assert [m.text for m in await store.pending_outgoing(ALICE)] == ["waiting"]
+    assert (await store.prune(older_than_seconds=60)).inbound == 0

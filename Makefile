@@ -23,3 +23,10 @@ test: setup
 
 bench-sim: setup
 	$(PY) bench/sim_rps.py
+
+# A working bridge to try from Element: the QQ simulator with scripted friends, a local
+# Synapse and the bridge, all on loopback; it prints what to type. Ctrl-C stops it.
+# Options go in DEMO_ARGS, e.g. `make demo DEMO_ARGS="--hs-port 8448"`.
+.PHONY: demo
+demo: setup
+	$(PY) -m qqbridge demo $(DEMO_ARGS)

@@ -15,6 +15,8 @@ and a crash never leaves, half of one.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import re
 import time
@@ -93,24 +95,28 @@ class Store:
     # -- appservice transactions and the Matrix inbox -------------------------------
 
     async def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> bool:
-        """Store a homeserver transaction's events, once per transaction id.
+        """Store a homeserver transaction's events, once per transaction.
 
-        Returns False, storing nothing, when `txn_id` was recorded before. Otherwise
-        stores the id and every event (state 'pending') and returns True. All or
-        nothing: if any event cannot be stored, neither is the id, so the
-        homeserver's retry is taken afresh. An event id already in the inbox (from
-        another transaction) is skipped, not an error.
+        A transaction is known by its id together with its event ids: Synapse on
+        SQLite numbers transactions from 1 again after a restart once everything was
+        delivered, so an id alone would make the bridge deaf to new events. Returns
+        False, storing nothing, for a transaction recorded before. Otherwise stores
+        it and every event (state 'pending') and returns True. All or nothing: if any
+        event cannot be stored, neither is the transaction, so the homeserver's retry
+        is taken afresh. An event id already in the inbox (from another transaction)
+        is skipped, not an error.
         """
         _text("txn_id", txn_id)
         if not isinstance(events, list):
             raise InvalidValueError(f"transaction {txn_id}: events must be a list")
         rows = [_inbox_values(txn_id, index, event) for index, event in enumerate(events)]
+        digest = hashlib.sha256("\x00".join(str(values[0]) for values in rows).encode()).hexdigest()[:16]
         now = self._now_ms()
         async with self.db.transaction():
             recorded = await self.db.fetchval(
                 "INSERT INTO appservice_txn (txn_id, received_at, event_count) VALUES ($1, $2, $3)"
                 " ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id",
-                txn_id,
+                f"{txn_id}#{digest}",
                 now,
                 len(events),
             )

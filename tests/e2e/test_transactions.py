@@ -39,14 +39,27 @@ async def test_missing_or_wrong_token_is_refused_and_nothing_runs(stack, user) -
 async def test_a_repeated_transaction_does_nothing_even_after_a_restart(stack, user) -> None:
     alice = await user("alice")
     room = await control_room(alice, stack)
-    assert put_txn(stack, "idem-1", [ping_event(room, alice.mxid, "$idem-a")]).status_code == 200
+    ping = [ping_event(room, alice.mxid, "$idem-a")]
+    assert put_txn(stack, "idem-1", ping).status_code == 200
     await alice.wait_for_text(room, "QQ:", sender=stack.bot)
-    # The same transaction id again, even carrying another event, is a repeat: ignored.
-    assert put_txn(stack, "idem-1", [ping_event(room, alice.mxid, "$idem-b")]).status_code == 200
+    repeats_before = stack.bridge.log().count("repeat=True txn_id=idem-1")
+    assert put_txn(stack, "idem-1", ping).status_code == 200  # the homeserver's retry
     stack.restart_bridge()
-    assert put_txn(stack, "idem-1", [ping_event(room, alice.mxid, "$idem-c")], how="query").status_code == 200
+    assert put_txn(stack, "idem-1", ping, how="query").status_code == 200  # and after a restart
     await command(alice, room, "help", "ping", stack)  # the bridge is alive and has handled its inbox
     assert await alice.count_of(room, "QQ:") == 1
+    assert stack.bridge.log().count("repeat=True txn_id=idem-1") == repeats_before + 2  # both seen as repeats
+
+
+async def test_a_restarted_homeserver_reusing_transaction_ids_is_still_heard(stack, user) -> None:
+    """Synapse on SQLite numbers transactions from 1 again after a restart: the same id
+    with new events is a new transaction."""
+    alice = await user("alice")
+    room = await control_room(alice, stack)
+    assert put_txn(stack, "reused-1", [ping_event(room, alice.mxid, "$reused-a")]).status_code == 200
+    await alice.wait_for_text(room, "QQ:", sender=stack.bot)
+    assert put_txn(stack, "reused-1", [ping_event(room, alice.mxid, "$reused-b")]).status_code == 200
+    await alice.wait_for(lambda: sum("QQ:" in t for t in alice.texts(room, stack.bot)) == 2, what="a second answer")
 
 
 def test_malformed_transactions_are_refused(stack) -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from qqbridge.bridge.accounts import Backoff
 from qqbridge.qq import QQClient, errors, model, password_md5, split_message
 
 log = logging.getLogger("qqbridge.demo")
@@ -32,21 +32,6 @@ log = logging.getLogger("qqbridge.demo")
 YOU = 10001  # the user's QQ account in the demo fixture
 REQUEST_REASON = "Hi! Shall we be friends?"
 _ATTEMPTS = 5  # per request, before a friend gives up on it and says so
-
-
-class Backoff:
-    """Doubling waits with jitter, capped; `reset` after a success."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap, self._next = first, cap, first
-
-    def next(self) -> float:
-        wait = self._next * (0.5 + random.random() / 2)
-        self._next = min(self._next * 2, self.cap)
-        return wait
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 class Friend:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -42,20 +41,11 @@ from qqbridge.demo.workdir import (
 from qqbridge.local import LocalSynapse, SynapseError
 from qqbridge.local.child import die_with_parent_hook, port_is_free, wait_exit
 from qqbridge.local.synapse_config import base_url
+from qqbridge.qqsim.cli import time_scale
 from qqbridge.qqsim.fixture import Fixture, FixtureError, load_fixture
 
 FIXTURE = Path(__file__).with_name("fixture.yaml")
 BOT = f"@qqbridge:{SERVER_NAME}"
-
-
-def _time_scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hs-port", type=int, default=8008, help="Synapse's port (default 8008)")
     parser.add_argument("--bridge-port", type=int, default=29340, help="the bridge's appservice port (default 29340)")
     parser.add_argument("--qq-port", type=int, default=8000, help="the QQ simulator's port (default 8000)")
-    parser.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="S",
+    parser.add_argument("--time-scale", type=time_scale, default=1.0, metavar="S",
                         help="speed up the QQ world: every protocol timer and the friends' pace times S (default 1.0)")  # fmt: skip
 
 

@@ -18,7 +18,8 @@ from qqbridge.qqsim.server import Simulator
 from qqbridge.qqsim.world import QUIRKS
 
 
-def _time_scale(text: str) -> float:
+def time_scale(text: str) -> float:
+    """An argparse type: a positive, finite number (a --time-scale)."""
     try:
         value = float(text)
     except ValueError:
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any (default 8000)")
     parser.add_argument(
         "--time-scale",
-        type=_time_scale,
+        type=time_scale,
         default=1.0,
         metavar="S",
         help="multiply every protocol time constant by S (default 1.0)",

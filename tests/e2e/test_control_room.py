@@ -103,27 +103,18 @@ async def test_admin_lists_accounts_and_forces_a_user_out(stack, user) -> None:
     await command(alice, admin_room, "logout-user @nobody:localhost", "does not use this bridge", stack)
 
 
-async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, user) -> None:
-    person = await user("carol2")
-    room = await control_room(person, stack)
-    await command(person, room, "login 10001", "next message", stack)
-    await person.say(room, "secret")
-    await person.wait_for_text(room, "Logged into QQ as 10001", sender=stack.bot)
+async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, bridged) -> None:
+    person, room = await bridged("carol2", 10001)
     stack.restart_bridge()
     async with QQClient(stack.sim_url, 10002) as bob:
         await bob.login(password_md5("hunter2"))
         await bob.send_message(10001, "are you still there?")
     portal = await person.accept_invite("@_qq_10002:localhost")
     await person.wait_for_text(portal, "are you still there?", sender="@_qq_10002:localhost")
-    await command(person, room, "logout", "Logged out", stack)
 
 
-async def test_a_lost_qq_session_is_reopened_quietly(stack, user) -> None:
-    person = await user("carol3")
-    room = await control_room(person, stack)
-    await command(person, room, "login 10001", "next message", stack)
-    await person.say(room, "secret")
-    await person.wait_for_text(room, "Logged into QQ as 10001", sender=stack.bot)
+async def test_a_lost_qq_session_is_reopened_quietly(stack, bridged) -> None:
+    person, room = await bridged("carol3", 10001)
     before = len(person.texts(room, stack.bot))
     # The bridge's session is keyed by (127.0.0.1, 10001): a Logout from here ends it.
     async with QQClient(stack.sim_url, 10001) as same_address:
@@ -136,4 +127,3 @@ async def test_a_lost_qq_session_is_reopened_quietly(stack, user) -> None:
     said = person.texts(room, stack.bot)[before:]
     assert not any("refused" in t or "problem" in t for t in said), said
     assert "QQ session lost; logging in again" in stack.bridge.log()
-    await command(person, room, "logout", "Logged out", stack)

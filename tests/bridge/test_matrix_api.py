@@ -7,6 +7,8 @@ import time
 
 import pytest
 from aiohttp import web
+
+BODY = web.RequestKey("body", str)
 from aiohttp.test_utils import TestServer
 
 from qqbridge.matrix.api import HomeserverAPI, MatrixError
@@ -14,7 +16,7 @@ from qqbridge.matrix.api import HomeserverAPI, MatrixError
 
 async def serve(answers: list[tuple[int, dict]], seen: list[web.Request]) -> TestServer:
     async def handler(request: web.Request) -> web.Response:
-        request["body"] = await request.text()  # readable only while the request is live
+        request[BODY] = await request.text()  # readable only while the request is live
         seen.append(request)
         status, body = answers.pop(0)
         return web.json_response(body, status=status)
@@ -72,4 +74,4 @@ async def test_a_refusal_raises_at_once_and_user_in_use_is_fine_for_registration
     assert len(seen) == 2
     import json
 
-    assert json.loads(seen[1]["body"]) == {"type": "m.login.application_service", "username": "_qq_10001", "inhibit_login": True}
+    assert json.loads(seen[1][BODY]) == {"type": "m.login.application_service", "username": "_qq_10001", "inhibit_login": True}

@@ -1,0 +1,73 @@
+"""The outbox with a real store (SQLite) and a scripted QQ: RES=3 and lost replies are
+retried with the same SEQ and keep the order; a refusal is reported, the rest goes."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from qqbridge.bridge.outbox import Outbox
+from qqbridge.metrics import Metrics
+from qqbridge.qq import errors
+from qqbridge.store import Store
+
+OWNER = "@dan:example.org"
+
+
+class ScriptedQQ:
+    def __init__(self, failures: dict[str, list[Exception]]) -> None:
+        self.failures = failures  # text → exceptions to raise, one per try
+        self.tries: list[tuple[str, int]] = []
+        self.delivered: list[str] = []
+
+    async def send_message(self, target: int, text: str, *, seq: int | None = None) -> None:
+        self.tries.append((text, seq))
+        if self.failures.get(text):
+            raise self.failures[text].pop(0)
+        self.delivered.append(text)
+
+
+class RecordingMatrix:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.read: list[str] = []
+
+    async def send(self, room_id: str, content: dict[str, Any], *, txn_id: str, **_: Any) -> str:
+        self.sent.append(content)
+        return "$notice"
+
+    async def mark_read(self, room_id: str, event_id: str, **_: Any) -> None:
+        self.read.append(event_id)
+
+
+async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
+    store = await Store.open(str(tmp_path / "bridge.db"))
+    await store.upsert_user(OWNER)
+    matrix = RecordingMatrix()
+    config = SimpleNamespace(qq=SimpleNamespace(time_scale=0.001))
+    outbox = Outbox(SimpleNamespace(config=config, store=store, matrix=matrix, metrics=Metrics()))
+    qq = ScriptedQQ({
+        "two": [errors.RateLimited("CLTMSG"), errors.OutcomeUnknown("CLTMSG", 0, "timeout")],
+        "three": [errors.NullReply("CLTMSG")],
+    })  # fmt: skip
+    account = SimpleNamespace(mxid=OWNER, qq=qq, session_lost=None)
+    for n, text in enumerate(["one", "two", "three", "four"]):
+        await outbox.enqueue(OWNER, "!portal:x", f"$e{n}", 10002, text)
+    sender = asyncio.create_task(outbox.run(account))
+    try:
+        for _ in range(500):
+            if len(qq.delivered) == 3 and matrix.sent:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    assert qq.delivered == ["one", "two", "four"]  # in order; the refused one did not hold the rest
+    seqs_of_two = {seq for text, seq in qq.tries if text == "two"}
+    assert len([t for t, _ in qq.tries if t == "two"]) == 3 and len(seqs_of_two) == 1  # one SEQ, three tries
+    assert matrix.sent[0]["m.relates_to"]["m.in_reply_to"]["event_id"] == "$e2"
+    assert "Not delivered" in matrix.sent[0]["body"]
+    assert matrix.read == ["$e0", "$e1", "$e3"]
+    assert await store.count_pending_outgoing(OWNER) == 0
+    await store.close()

@@ -94,6 +94,7 @@ class Bridge:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.inbound.close()
         await self.accounts.close()
 
     def wake(self) -> None:
@@ -240,7 +241,7 @@ class Bridge:
         for uin in friends:
             if uin not in online_uins:
                 await self.puppets.set_presence(uin, model.Status.OFFLINE)
-        await self.inbound.relay_pending(account.mxid)  # anything stored before a restart
+        self.inbound.wake(account.mxid)  # anything stored before a restart
         self.outbox.wake(account.mxid)
         return len(online)
 

@@ -9,8 +9,9 @@
         Matrix send transaction ids come from the stored row, so relaying it again after
         a crash returns the event already sent instead of a second one.
 
-A homeserver that is down leaves rows pending (the poller backs off and tries again);
-a refusal that will not pass marks the row failed and tells the user.
+A homeserver that is down leaves rows pending (the relay task backs off and tries
+again, while the poller goes on fetching and storing); a refusal that will not pass
+marks the row failed and tells the user.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from qqbridge.bridge.accounts import Backoff
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import model
 
@@ -54,13 +56,19 @@ def passing(exc: MatrixError) -> bool:
 
 
 class Inbound:
+    """Storing is the pollers' part; relaying runs in one task per user, so a slow or
+    absent homeserver never stops the pollers from fetching (the QQ server would drop
+    the oldest messages past 1,000 waiting; stored here, they wait safely)."""
+
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.store = bridge.store
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._relayers: dict[str, asyncio.Task[None]] = {}
 
     async def receive(self, owner: str, seq: int, events: list[model.Event]) -> None:
-        """The pollers' delivery: store, then relay. Raising keeps the SEQ for a refetch."""
+        """The pollers' delivery: store (raising keeps the SEQ for a refetch), then
+        hand over to the user's relay task."""
         account = self.bridge.accounts.get(owner)
         user = None if account else await self.store.get_user(owner)
         uin = account.uin if account else user.qq_uin if user else None
@@ -68,16 +76,48 @@ class Inbound:
             log.warning("QQ events for a user who is no longer bridged", owner=owner, count=len(events))
             return
         await self.store.store_inbound(owner, uin, seq, [as_row(event) for event in events])
-        await self.relay_pending(owner)
+        self.wake(owner)
+
+    def wake(self, owner: str) -> None:
+        """Relay what is stored for `owner`, starting the relay task if need be."""
+        self._wakers.setdefault(owner, asyncio.Event()).set()
+        task = self._relayers.get(owner)
+        if task is None or task.done():
+            self._relayers[owner] = asyncio.create_task(self._relay_forever(owner), name=f"relay {owner}")
+
+    async def close(self) -> None:
+        for task in self._relayers.values():
+            task.cancel()
+        await asyncio.gather(*self._relayers.values(), return_exceptions=True)
+
+    async def _relay_forever(self, owner: str) -> None:
+        wake = self._wakers[owner]
+        backoff = Backoff(0.5, 60.0)
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                await self.relay_pending(owner)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the homeserver is down or failing: the rows stay pending
+                pause = backoff.next()
+                self.bridge.metrics.failures.labels("matrix_unreachable").inc()
+                log.warning("relay to Matrix failed; trying again", owner=owner, error=str(exc), pause=round(pause, 1))
+                await asyncio.sleep(pause)
+                wake.set()
 
     async def relay_pending(self, owner: str) -> None:
-        async with self._locks.setdefault(owner, asyncio.Lock()):
-            for row in await self.store.pending_inbound(owner):
+        """Relay every stored row of `owner`, in order. Raises when the homeserver is
+        unreachable or failing (the rest stays pending)."""
+        while rows := await self.store.pending_inbound(owner):
+            for row in rows:
                 try:
                     event_id = await self._relay(owner, row)
                 except MatrixError as exc:
                     if passing(exc):
-                        raise  # the poller backs off; the row stays pending
+                        raise
                     log.warning("relay refused by the homeserver", inbound_id=row.inbound_id, error=str(exc))
                     self.bridge.metrics.failures.labels("matrix_refused").inc()
                     await self.store.mark_inbound_failed(row.inbound_id, str(exc))

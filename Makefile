@@ -1,11 +1,12 @@
-# The two things a newcomer runs: `make test` (set up, then the whole test suite) and,
-# later, `make demo`. Both build their own virtualenv in .venv from pyproject.toml.
+# The two things a newcomer runs: `make demo` (set up, then a live demo) and `make test`
+# (set up, then the whole test suite). Both build their own virtualenv in .venv from
+# pyproject.toml the first time.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: setup test bench-sim
+.PHONY: setup test demo bench-sim bench-relay
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +25,11 @@ test: setup
 bench-sim: setup
 	$(PY) bench/sim_rps.py
 
+bench-relay: setup
+	$(PY) bench/bridge_relay.py
+
 # A working bridge to try from Element: the QQ simulator with scripted friends, a local
 # Synapse and the bridge, all on loopback; it prints what to type. Ctrl-C stops it.
 # Options go in DEMO_ARGS, e.g. `make demo DEMO_ARGS="--hs-port 8448"`.
-.PHONY: demo
 demo: setup
 	$(PY) -m qqbridge demo $(DEMO_ARGS)

@@ -16,7 +16,6 @@ and a crash never leaves, half of one.
 from __future__ import annotations
 
 import hashlib
-
 import json
 import re
 import time

@@ -29,10 +29,13 @@ class _Section(BaseModel):
 class Homeserver(_Section):
     url: str = Field(description="how the bridge reaches the homeserver's client API")
     domain: str = Field(description="the server name in Matrix IDs (the part after ':')")
+    public_url: str | None = Field(None, description="how others reach the homeserver, for media links")
 
-    @field_validator("url")
+    @field_validator("url", "public_url")
     @classmethod
-    def _http(cls, value: str) -> str:
+    def _http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")

@@ -98,6 +98,7 @@ class QQAccount:
         self._backoff = Backoff(min(1.0, poll_idle), backoff_cap)
         self.state = AccountState.CONNECTING
         self.status = model.Status.OFFLINE
+        self.wanted_status = model.Status.ONLINE  # what the user chose with `status`
         self.logged_in = False
         self.last_poll: float | None = None  # wall-clock time of the last good GetMsgEx
         self.fetched = 0
@@ -118,7 +119,8 @@ class QQAccount:
         """Log in now; WrongPassword, IllegalAccount and connection errors reach the caller."""
         self.state = AccountState.CONNECTING
         answer = await self.qq.login(self._password_md5)
-        self.logged_in, self.state, self.status = True, AccountState.ONLINE, model.Status.ONLINE
+        self.logged_in, self.state = True, AccountState.ONLINE
+        self.status = model.Status.ONLINE  # what QQ sets at login; `wanted_status` is restored after
         self._synced = False
         self._poll_idle = min(self._poll_idle, answer.heartbeat)
         return answer

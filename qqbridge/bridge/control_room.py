@@ -205,7 +205,7 @@ class ControlRoom:
         except errors.QQError as exc:
             await reply(f"QQ did not change your status: {exc}")
             return
-        account.status = STATUSES[args.status]
+        account.status = account.wanted_status = STATUSES[args.status]
         await reply(f"Your QQ status is now {args.status}.")
 
     async def cmd_accounts(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:

@@ -35,7 +35,7 @@ from qqbridge.bridge.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.metrics import Metrics
-from qqbridge.qq import model
+from qqbridge.qq import errors, model
 
 log = structlog.get_logger(__name__)
 
@@ -207,7 +207,7 @@ class Bridge:
             return
         if event.type not in ("m.room.message", "m.sticker"):
             return
-        text = outgoing_text(event.type, content, self.config.homeserver.url)
+        text = outgoing_text(event.type, content, self.config.homeserver.public_url or self.config.homeserver.url)
         if text is None:
             await self.notice(room, "This message has nothing QQ can carry; it was not sent.", txn_id=txn_for("empty", cause))
             return
@@ -230,7 +230,14 @@ class Bridge:
                     log.info("could not leave a closed portal", room_id=room_id, error=str(exc))
 
     async def sync_account(self, account: QQAccount) -> int:
-        """After a login and on `sync`: friends, their nicknames and presence from QQ."""
+        """After a login and on `sync`: friends, their nicknames and presence from QQ;
+        and the status the user chose, which a new login set back to online."""
+        if account.status != account.wanted_status:
+            try:
+                await account.qq.set_status(account.wanted_status)
+                account.status = account.wanted_status
+            except errors.RateLimited:
+                log.info("status not restored yet: QQ says too fast", uin=account.uin)
         friends = await account.qq.friends()
         online = await account.qq.online_friends()
         account.friends = set(friends)

@@ -39,6 +39,7 @@ class Outbox:
         self.store = bridge.store
         self._wakers: dict[str, asyncio.Event] = {}
         self._scale = bridge.config.qq.time_scale
+        self._receipts: set[asyncio.Task[None]] = set()
 
     async def enqueue(self, owner: str, room_id: str, event_id: str, target: int, text: str) -> None:
         """Store the pieces with their SEQs (a repeated event stores nothing), then wake the sender."""
@@ -119,7 +120,13 @@ class Outbox:
         if all(piece.state == "sent" for piece in pieces):
             self.bridge.metrics.messages.labels("matrix_to_qq").inc()
             self.bridge.metrics.latency.labels("matrix_to_qq").observe(time.time() - row.created_at / 1000)
-            try:
-                await self.bridge.matrix.mark_read(row.room_id, row.event_id)
-            except MatrixError as exc:
-                log.info("could not mark a message read", event_id=row.event_id, error=str(exc))
+            # The receipt is for the user's eyes: the next piece need not wait for it.
+            task = asyncio.create_task(self._mark_read(row.room_id, row.event_id))
+            self._receipts.add(task)
+            task.add_done_callback(self._receipts.discard)
+
+    async def _mark_read(self, room_id: str, event_id: str) -> None:
+        try:
+            await self.bridge.matrix.mark_read(room_id, event_id)
+        except MatrixError as exc:
+            log.info("could not mark a message read", event_id=event_id, error=str(exc))

@@ -113,17 +113,21 @@ async def test_a_logged_in_account_is_polled_again_after_a_restart(stack, bridge
     await person.wait_for_text(portal, "are you still there?", sender="@_qq_10002:localhost")
 
 
-async def test_a_lost_qq_session_is_reopened_quietly(stack, bridged) -> None:
+async def test_a_lost_qq_session_is_reopened_quietly_keeping_the_chosen_status(stack, bridged, qq) -> None:
     person, room = await bridged("carol3", 10001)
+    bob = await qq(10002)  # has 10001 in his list: sees its status changes
+    await command(person, room, "status busy", "now busy", stack)
     before = len(person.texts(room, stack.bot))
     # The bridge's session is keyed by (127.0.0.1, 10001): a Logout from here ends it.
     async with QQClient(stack.sim_url, 10001) as same_address:
         await same_address.logout()
-    async with QQClient(stack.sim_url, 10002) as bob:
-        await bob.login(password_md5("hunter2"))
-        await bob.send_message(10001, "did you notice anything?")
+    await bob.send_message(10001, "did you notice anything?")
     portal = await person.accept_invite("@_qq_10002:localhost")
     await person.wait_for_text(portal, "did you notice anything?", sender="@_qq_10002:localhost")
     said = person.texts(room, stack.bot)[before:]
     assert not any("refused" in t or "problem" in t for t in said), said
     assert "QQ session lost; logging in again" in stack.bridge.log()
+    changes = [e.status for e in await bob.drain_messages() if isinstance(e, model.StatusChange) and e.uin == 10001]
+    # busy; offline (the lost session); online (the new login); busy again (restored)
+    assert changes[-1] is model.Status.BUSY and model.Status.ONLINE in changes, changes
+    await command(person, room, "status", "is busy", stack)

@@ -115,7 +115,7 @@ class QQ:
         while True:
             reply = await self.call("GetMsgEx", uin)
             assert reply is not None and reply["RES"] == "0", reply
-            batch = list(zip(reply["MT"], reply["UN"], reply["MG"]))  # type: ignore[arg-type]
+            batch = list(zip(reply["MT"], reply["UN"], reply["MG"], strict=False))  # type: ignore[arg-type]
             assert int(reply["MN"]) == len(batch)  # type: ignore[arg-type]
             out += [(int(t), int(u), g) for t, u, g in batch]
             if len(batch) < 50:

@@ -1,0 +1,33 @@
+"""The deploy documents name only real config keys and real commands."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.deploy.helpers import DEPLOY, REPO, config_key, fenced_shell_lines, parse_cli, qqbridge_invocations
+
+# ---- the documents ----------------------------------------------------------------------
+
+
+def deploy_texts() -> Iterator[Path]:
+    return (p for p in sorted(DEPLOY.rglob("*")) if p.is_file())
+
+
+def test_every_qqbridge_variable_in_deploy_is_a_config_key() -> None:
+    for path in deploy_texts():
+        for name in set(re.findall(r"QQBRIDGE_[A-Z0-9]+__[A-Z0-9_]+", path.read_text(encoding="utf-8"))):
+            assert config_key(name), f"{path.relative_to(REPO)}: {name} is no config key"
+
+
+def test_every_qqbridge_command_in_the_docs_is_accepted() -> None:
+    seen = 0
+    for path in deploy_texts():
+        if path.suffix != ".md":
+            continue
+        for line in fenced_shell_lines(path):
+            for argv in qqbridge_invocations(line):
+                parse_cli(argv, str(path.relative_to(REPO)))
+                seen += 1
+    assert seen >= 3

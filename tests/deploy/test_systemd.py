@@ -1,0 +1,184 @@
+"""The systemd unit: hardened, verified by systemd-analyze, its command real."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qqbridge.app import SHUTDOWN_SECONDS
+from qqbridge.cli import main
+from tests.deploy.helpers import UNIT, YES, bridge_env, config_key, parse_cli
+
+# ---- the systemd unit ------------------------------------------------------------------
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A unit file as {section: {key: [values, in order]}} (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    logical = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if not logical and raw.lstrip().startswith(("#", ";")):
+            continue
+        if raw.endswith("\\"):
+            logical += raw[:-1] + " "
+            continue
+        line, logical = (logical + raw).strip(), ""
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"{path}: {line!r} is outside any section"
+        key, sep, value = line.partition("=")
+        assert sep, f"{path}: {line!r} is not KEY=VALUE"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+@pytest.fixture(scope="module")
+def unit() -> dict[str, dict[str, list[str]]]:
+    return parse_unit(UNIT)
+
+
+def test_unit_is_hardened(unit: dict[str, dict[str, list[str]]]) -> None:
+    service = unit["Service"]
+
+    def one(key: str) -> str:
+        assert key in service, f"the unit sets no {key}="
+        return service[key][-1]
+
+    if "User" in service:
+        assert one("User") == "qqbridge" and one("Group") == "qqbridge"
+    else:
+        assert one("DynamicUser").lower() in YES, "the unit needs its own user (User= or DynamicUser=)"
+    assert one("StateDirectory") == "qqbridge"
+    assert one("WorkingDirectory") == "/var/lib/qqbridge"
+    assert one("ProtectSystem") == "strict"
+    assert one("ProtectHome").lower() in YES | {"read-only", "tmpfs"}
+    for key in (
+        "PrivateTmp",
+        "PrivateDevices",
+        "NoNewPrivileges",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "RestrictNamespaces",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+    ):
+        assert one(key).lower() in YES, f"{key}= should be yes"
+    families = " ".join(service["RestrictAddressFamilies"]).split()
+    assert sorted(families) == ["AF_INET", "AF_INET6", "AF_UNIX"]
+    assert one("CapabilityBoundingSet") == "", "CapabilityBoundingSet= should be empty (no capabilities)"
+    assert "@system-service" in service["SystemCallFilter"][0].split()
+    assert one("Restart") == "on-failure"
+    assert re.fullmatch(r"\d+(s|ms|min)?", one("RestartSec"))
+    assert one("KillSignal") == "SIGTERM"
+    stop = int(re.fullmatch(r"(\d+)s?", one("TimeoutStopSec"))[1])
+    assert stop >= 2 * SHUTDOWN_SECONDS, "systemd would kill the bridge while it is still stopping its pollers"
+    assert "Environment" in service or "EnvironmentFile" in service
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_unit_execstart_is_a_real_command(unit: dict[str, dict[str, list[str]]]) -> None:
+    argv = shlex.split(unit["Service"]["ExecStart"][-1])
+    assert argv[0] == "/opt/qqbridge/venv/bin/qqbridge"
+    args = parse_cli(argv[1:], "ExecStart=")
+    assert args.command == "run" and args.config == "/etc/qqbridge/config.yaml"
+
+
+def test_unit_does_not_retry_a_bad_config(
+    unit: dict[str, dict[str, list[str]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """RestartPreventExitStatus= is the status `qqbridge run` exits with on a bad config."""
+    bridge_env(monkeypatch, {})
+    bad = tmp_path / "config.yaml"
+    bad.write_text("homeserver: {url: ftp://example.org, domain: example.org}\n", encoding="utf-8")
+    assert main(["run", "-c", str(bad)]) == int(unit["Service"]["RestartPreventExitStatus"][-1])
+
+
+def test_unit_environment_names_real_config_keys(unit: dict[str, dict[str, list[str]]]) -> None:
+    for assignment in shlex.split(" ".join(unit["Service"].get("Environment", []))):
+        name = assignment.partition("=")[0]
+        if name.startswith("QQBRIDGE_"):
+            assert config_key(name), f"Environment={assignment}: no such config key"
+
+
+@pytest.fixture(scope="module")
+def verifiable_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the unit whose ExecStart is this venv's own `qqbridge` script, so that
+    systemd-analyze can check the executable too."""
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed; test_unit_is_hardened still checks the keys")
+    script = Path(sys.executable).parent / "qqbridge"
+    if not os.access(script, os.X_OK):
+        pytest.skip(f"no qqbridge script at {script} (install the project: pip install -e .)")
+    text = UNIT.read_text(encoding="utf-8")
+    rewritten = re.sub(r"(?m)^ExecStart=/opt/qqbridge/venv/bin/qqbridge ", f"ExecStart={script} ", text)
+    assert rewritten != text, "ExecStart no longer starts with /opt/qqbridge/venv/bin/qqbridge"
+    path = tmp_path_factory.mktemp("unit") / "qqbridge.service"
+    path.write_text(rewritten, encoding="utf-8")
+    return path
+
+
+def systemd_verify(path: Path) -> tuple[int, list[str]]:
+    """Exit status and the complaints about `path` itself from `systemd-analyze verify`
+    (which exits 0 on unknown keys and bad values, and only says so on stderr)."""
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    ours = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if str(path) in line or line.startswith(path.name) or "Command " in line
+    ]
+    return done.returncode, ours
+
+
+def test_unit_passes_systemd_analyze_verify(verifiable_unit: Path) -> None:
+    status, complaints = systemd_verify(verifiable_unit)
+    assert status == 0 and not complaints, "\n".join(complaints)
+
+
+def test_systemd_analyze_verify_does_catch_mistakes(verifiable_unit: Path, tmp_path: Path) -> None:
+    """The check above means something: this systemd does report an unknown key, a bad
+    value and a missing executable."""
+    broken = tmp_path / "qqbridge.service"
+    text = verifiable_unit.read_text(encoding="utf-8")
+    text = text.replace("ProtectHome=yes", "ProtectHome=perhaps\nProtectEverything=yes")
+    broken.write_text(text, encoding="utf-8")
+    status, complaints = systemd_verify(broken)
+    assert any("ProtectEverything" in line for line in complaints), complaints
+    assert any("perhaps" in line for line in complaints), complaints
+
+    broken.write_text(re.sub(r"(?m)^ExecStart=\S+", "ExecStart=/nonexistent/qqbridge", text), encoding="utf-8")
+    status, complaints = systemd_verify(broken)
+    assert status != 0 and any("/nonexistent/qqbridge" in line for line in complaints), complaints
+
+
+def test_unit_sandbox_exposure_is_low(verifiable_unit: Path) -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(verifiable_unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"},
+    )
+    level = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
+    if level is None and "offline" in done.stderr:
+        pytest.skip("this systemd-analyze has no `security --offline` (systemd < 252)")
+    assert level, done.stdout + done.stderr
+    assert float(level[1]) <= 2.0 and done.returncode == 0, done.stdout

@@ -158,9 +158,22 @@ class Bridge:
             except Exception as exc:
                 log.exception("event handling failed", event_id=event.event_id, type=event.type)
                 error = f"{type(exc).__name__}: {exc}"
+                await self._report_failure(event, error)
             finally:
                 self._inflight.discard(event.event_id)
             await self.store.mark_event_handled(event.event_id, error)
+
+    async def _report_failure(self, event: Any, error: str) -> None:
+        """A user's message the bridge could not act on is answered, never dropped silently."""
+        if event.type != "m.room.message" or self.is_bridge_user(event.sender):
+            return
+        content = {"msgtype": "m.notice", "body": f"⚠ The bridge could not handle this message ({error}); "
+                   "it was not acted on or sent. Try again, or ask the bridge's admin to look at its log.",
+                   "m.relates_to": {"m.in_reply_to": {"event_id": event.event_id}}}  # fmt: skip
+        try:
+            await self.matrix.send(event.room_id, content, txn_id=txn_for("failed", event.event_id))
+        except MatrixError as exc:
+            log.warning("could not report a failure to the user", event_id=event.event_id, error=str(exc))
 
     def is_bridge_user(self, mxid: str) -> bool:
         return mxid == self.config.bot_mxid or self.config.puppet_uin(mxid) is not None

@@ -12,6 +12,7 @@ import structlog
 
 from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
 from qqbridge.bridge.contact_commands import ContactCommands
+from qqbridge.bridge.notices import txn_for
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
 from qqbridge.store import ConflictError
@@ -34,8 +35,6 @@ class Reply:
         self._bridge, self.room_id, self._cause, self._count = bridge, room_id, cause, 0
 
     async def __call__(self, text: str) -> None:
-        from qqbridge.bridge.core import txn_for
-
         self._count += 1
         await self._bridge.notice(self.room_id, text, txn_id=txn_for("reply", self._cause, self._count))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import uuid
 from typing import Any
 
@@ -27,6 +26,7 @@ from qqbridge.bridge.control_room import ControlRoom
 from qqbridge.bridge.friend_requests import FriendRequests
 from qqbridge.bridge.inbound import Inbound
 from qqbridge.bridge.matrix_to_qq import outgoing_text
+from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.outbox import Outbox
 from qqbridge.bridge.permissions import Permissions
 from qqbridge.bridge.portals import Portals
@@ -38,12 +38,6 @@ from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
 
 log = structlog.get_logger(__name__)
-
-
-def txn_for(*parts: object) -> str:
-    """A Matrix transaction id derived from what caused the send: repeating the work
-    after a crash repeats the id, and the homeserver returns the first event again."""
-    return "qqb" + hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 class Bridge:
@@ -167,11 +161,10 @@ class Bridge:
         """A user's message the bridge could not act on is answered, never dropped silently."""
         if event.type != "m.room.message" or self.is_bridge_user(event.sender):
             return
-        content = {"msgtype": "m.notice", "body": f"⚠ The bridge could not handle this message ({error}); "
-                   "it was not acted on or sent. Try again, or ask the bridge's admin to look at its log.",
-                   "m.relates_to": {"m.in_reply_to": {"event_id": event.event_id}}}  # fmt: skip
+        text = (f"⚠ The bridge could not handle this message ({error}); it was not acted on or sent. "
+                "Try again, or ask the bridge's admin to look at its log.")  # fmt: skip
         try:
-            await self.matrix.send(event.room_id, content, txn_id=txn_for("failed", event.event_id))
+            await self.notice(event.room_id, text, txn_id=txn_for("failed", event.event_id), reply_to=event.event_id)
         except MatrixError as exc:
             log.warning("could not report a failure to the user", event_id=event.event_id, error=str(exc))
 
@@ -267,8 +260,8 @@ class Bridge:
 
     # ---- talking to users --------------------------------------------------------------
 
-    async def notice(self, room_id: str, text: str, *, txn_id: str | None = None) -> str:
-        content = {"msgtype": "m.notice", "body": text}
+    async def notice(self, room_id: str, text: str, *, txn_id: str | None = None, reply_to: str | None = None) -> str:
+        content = notice_content(text, reply_to=reply_to)
         return await self.matrix.send(room_id, content, txn_id=txn_id or txn_for("notice", uuid.uuid4()))
 
     async def tell_user(self, mxid: str, text: str) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from qqbridge.bridge.commands import CommandError
+from qqbridge.bridge.notices import txn_for
 from qqbridge.qq import errors
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ class FriendRequests:
                 f"or react {ACCEPT} or {REJECT} to this message.")  # fmt: skip
 
     async def prompt(self, owner: str, uin: int, reason: str, *, cause: object) -> str | None:
-        from qqbridge.bridge.core import txn_for
-
         await self.store.add_friend_request(owner, uin, reason)
         user = await self.store.get_user(owner)
         if user is None or not user.control_room_id:
@@ -87,8 +86,6 @@ class FriendRequests:
         return outcome
 
     async def _edit_prompt(self, request: object, text: str) -> None:
-        from qqbridge.bridge.core import txn_for
-
         room, event_id = request.prompt_room_id, request.prompt_event_id  # type: ignore[attr-defined]
         content = {
             "msgtype": "m.notice", "body": f"* {text}",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from qqbridge.bridge.accounts import Backoff
+from qqbridge.bridge.notices import txn_for
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import model
 
@@ -130,8 +131,6 @@ class Inbound:
                     self.bridge.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
 
     async def _relay(self, owner: str, row: Any) -> str | None:
-        from qqbridge.bridge.core import txn_for
-
         bridge, sender = self.bridge, row.sender_uin
         if row.kind == 9:
             account = bridge.accounts.get(owner)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from qqbridge.bridge.accounts import Backoff, QQAccount
+from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, split_message
 
@@ -106,13 +107,10 @@ class Outbox:
         return True
 
     async def _failed(self, row: Any, why: str) -> None:
-        from qqbridge.bridge.core import txn_for
-
         log.info("message refused by QQ", outbox_id=row.outbox_id, why=why)
         self.bridge.metrics.failures.labels("qq_refused").inc()
         await self.store.mark_outgoing_failed(row.outbox_id, why)
-        content = {"msgtype": "m.notice", "body": f"⚠ Not delivered: {why}",
-                   "m.relates_to": {"m.in_reply_to": {"event_id": row.event_id}}}  # fmt: skip
+        content = notice_content(f"⚠ Not delivered: {why}", reply_to=row.event_id)
         await self.bridge.matrix.send(row.room_id, content, txn_id=txn_for("refused", row.outbox_id))
 
     async def _mark_read_when_complete(self, row: Any) -> None:

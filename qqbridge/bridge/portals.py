@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.ports import Matrix
 from qqbridge.bridge.puppets import Puppets
 
@@ -53,13 +54,7 @@ class Portals:
         )
         await self.matrix.join(room_id)  # the bot, for `!qq` commands and read markers
         if stranger:
-            from qqbridge.bridge.core import txn_for
-
-            await self.matrix.send(
-                room_id,
-                {"msgtype": "m.notice", "body": f"{nick or uin} ({uin}) is not in your QQ friend list. "
-                 f"Type `!qq add {uin}` to add them."},
-                txn_id=txn_for("stranger", owner, uin),
-            )  # fmt: skip
+            text = f"{nick or uin} ({uin}) is not in your QQ friend list. Type `!qq add {uin}` to add them."
+            await self.matrix.send(room_id, notice_content(text), txn_id=txn_for("stranger", owner, uin))
         log.info("portal created", owner=owner, uin=uin, room_id=room_id, stranger=stranger)
         return room_id

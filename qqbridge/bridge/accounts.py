@@ -122,7 +122,7 @@ class QQAccount:
         self.logged_in, self.state = True, AccountState.ONLINE
         self.status = model.Status.ONLINE  # what QQ sets at login; `wanted_status` is restored after
         self._synced = False
-        self._poll_idle = min(self._poll_idle, answer.heartbeat)
+        self._poll_idle = min(self._poll_idle, max(answer.heartbeat, self._poll_fast, 0.5))  # HI=0 must not flood
         return answer
 
     async def session_lost(self) -> None:

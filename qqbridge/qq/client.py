@@ -8,25 +8,40 @@ answers the repeat without acting twice (PROTOCOL.md §4).
 
     caller ──command──▶ codec.encode ──POST──▶ QQ server
     caller ◀──value──── codec.decode ◀──body──┘   (errors: qqbridge.qq.errors)
+
+A server is trusted with nothing: each request has one deadline for connecting,
+sending and reading the whole reply (`timeout`), however slowly the bytes drip; a
+reply is read as a stream and refused past `max_reply_bytes`; paged lists stop at
+`max_friends` and the pages that many friends take.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
+import structlog
 
 from qqbridge.qq import codec, model
-from qqbridge.qq.errors import OutcomeUnknown, RemoteProtocolError, ServerUnavailable
+from qqbridge.qq.errors import LocalProtocolError, OutcomeUnknown, RemoteProtocolError, ServerUnavailable
+
+log = structlog.get_logger(__name__)
 
 # The slowest legal reply is a RES=3 after a repeated delete: 30 s. Wait longer than that.
 DEFAULT_TIMEOUT = 45.0
 FRIENDS_PAGE = 160  # the seed's own TN for List
 ONLINE_PAGE = 50  # the seed's own TN for Query_Stat
+# The largest honest reply is a full GetMsgEx: 50 messages of 700 bytes, percent-encoded
+# (3 bytes a byte) with their lists, about 110 KB. Anything past 1 MiB is refused unread.
+MAX_REPLY_BYTES = 1 << 20
+MAX_FRIENDS = 10_000  # more than QQ ever allowed one account; a longer list is a lie
 _HEADERS_KEPT = {"host", "content-type", "content-length", "connection"}
+
+T = TypeVar("T")
 
 
 def seq_counter(start: int | None = None) -> Callable[[], int]:
@@ -44,17 +59,21 @@ class QQClient:
         *,
         local_address: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        max_friends: int = MAX_FRIENDS,
         next_seq: Callable[[], int] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server_url = server_url
         self.uin = uin
+        self.timeout = timeout  # the whole request: connect, send, every byte of the reply
+        self.max_reply_bytes = max_reply_bytes
+        self.max_friends = max_friends
         self.next_seq = next_seq or seq_counter()
         if transport is None:
             transport = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
-        # Writes and pool waits are short; the read waits out the slow RES=3 replies.
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=False
+            transport=transport, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)), follow_redirects=False
         )
 
     async def aclose(self) -> None:
@@ -69,7 +88,9 @@ class QQClient:
     # ---- one request -------------------------------------------------------------------
 
     async def request(self, command: codec.Command) -> Any:
-        """Send one command and return its decoded reply (or raise its error)."""
+        """Send one command and return its decoded reply (or raise its error). The whole
+        exchange has `timeout` seconds: a reply dripped byte by byte ends there as
+        OutcomeUnknown (retry with the same SEQ), never later."""
         request = self._http.build_request(
             "POST",
             self.server_url,
@@ -80,14 +101,88 @@ class QQClient:
             if name.lower() not in _HEADERS_KEPT:
                 del request.headers[name]
         try:
-            response = await self._http.send(request)
+            async with asyncio.timeout(self.timeout):
+                body = await self._exchange(command, request)
+        except TimeoutError as exc:
+            raise OutcomeUnknown(command.CMD, command.seq, f"no whole reply within {self.timeout:g} s") from exc
+        return codec.decode(command, body)
+
+    async def _exchange(self, command: codec.Command, request: httpx.Request) -> bytes:
+        """POST and read the reply as a stream, refusing it once it is too big."""
+        try:
+            response = await self._http.send(request, stream=True)
         except httpx.ConnectError as exc:
             raise ServerUnavailable(f"cannot reach the QQ server at {self.server_url}: {exc}") from exc
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
+        except httpx.TransportError as exc:  # timeouts included
             raise OutcomeUnknown(command.CMD, command.seq, type(exc).__name__) from exc
-        if response.status_code != 200:
-            raise RemoteProtocolError(f"{command.CMD}: HTTP {response.status_code} from the QQ server")
-        return codec.decode(command, response.content)
+        try:
+            if response.status_code != 200:
+                raise RemoteProtocolError(f"{command.CMD}: HTTP {response.status_code} from the QQ server")
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):  # also no decompression bombs
+                raise RemoteProtocolError(f"{command.CMD}: the reply is {encoding[:20]!r}-encoded, not plain text")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_reply_bytes:
+                raise self._too_big(command, f"announces {int(declared):,} bytes")
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > self.max_reply_bytes:
+                    raise self._too_big(command, f"passed {len(body):,} bytes")
+            return bytes(body)
+        except httpx.TransportError as exc:
+            raise OutcomeUnknown(command.CMD, command.seq, type(exc).__name__) from exc
+        finally:
+            await response.aclose()
+
+    def _too_big(self, command: codec.Command, how: str) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            f"{command.CMD}: the QQ server's reply {how}; refused past {self.max_reply_bytes:,} bytes"
+            f" (the protocol's messages are at most {codec.MAX_MESSAGE_BYTES} bytes)"
+        )
+
+    async def _all_pages(
+        self,
+        name: str,
+        page_size: int,
+        ask: Callable[[int], codec.Command],
+        items: Callable[[Any], Sequence[T]],
+        uin_of: Callable[[T], int],
+    ) -> list[T]:
+        """Every item of a paged list (List, Query_Stat), page after page until FN=1.
+        Bounded: at most `max_friends` items, in at most the pages they take plus one;
+        a page larger than asked for, or a list that goes on, is the server's error.
+        An item listed twice (the list moved between pages) is kept once; an illegal
+        QQ number is left out, as no one can have it as a friend."""
+        if page_size < 1:
+            raise LocalProtocolError(f"{name}: page_size must be at least 1, not {page_size}")
+        max_pages = -(-self.max_friends // page_size) + 1
+        found: dict[int, T] = {}
+        offset = 0
+        for _ in range(max_pages):
+            page = await self.request(ask(offset))
+            listed = items(page)
+            if len(listed) > page_size:
+                raise RemoteProtocolError(f"{name}: a page of {len(listed)} friends, asked for {page_size}")
+            for item in listed:
+                uin = uin_of(item)
+                if model.legal_uin(uin):
+                    found.setdefault(uin, item)
+                else:
+                    log.warning(
+                        "the QQ server listed a number that is not a QQ number; left out", command=name, uin=uin
+                    )
+            if len(found) > self.max_friends:
+                raise RemoteProtocolError(f"{name}: the QQ server lists more than {self.max_friends:,} friends")
+            if page.last:
+                return list(found.values())
+            if not listed:
+                raise RemoteProtocolError(f"{name}: an empty page that is not the last")
+            offset += len(listed)
+        raise RemoteProtocolError(
+            f"{name}: the QQ server's list did not end after {max_pages:,} pages of {page_size}"
+            f" (at most {self.max_friends:,} friends are read)"
+        )
 
     def _seq(self, seq: int | None) -> int:
         return self.next_seq() if seq is None else seq
@@ -105,27 +200,18 @@ class QQClient:
         return await self.request(codec.ListFriends(self.uin, self._seq(None), page_size=0))
 
     async def friends(self, page_size: int = FRIENDS_PAGE) -> list[int]:
-        """Every friend's UIN, asking page after page until FN=1."""
-        uins: list[int] = []
-        while True:
-            page = await self.request(codec.ListFriends(self.uin, self._seq(None), page_size, len(uins)))
-            uins.extend(page.uins)
-            if page.last:
-                return uins
-            if not page.uins:
-                raise RemoteProtocolError("List: an empty page that is not the last")
+        """Every friend's UIN, asking page after page until FN=1 (bounded, see _all_pages)."""
+        return await self._all_pages(
+            "List", page_size, lambda offset: codec.ListFriends(self.uin, self._seq(None), page_size, offset),
+            lambda page: page.uins, lambda uin: uin,
+        )  # fmt: skip
 
     async def online_friends(self, page_size: int = ONLINE_PAGE) -> list[model.OnlineFriend]:
-        """Every online or busy friend, page after page until FN=1."""
-        friends: list[model.OnlineFriend] = []
-        while True:
-            command = codec.QueryStat(self.uin, self._seq(None), page_size, len(friends))
-            page = await self.request(command)
-            friends.extend(page.friends)
-            if page.last:
-                return friends
-            if not page.friends:
-                raise RemoteProtocolError("Query_Stat: an empty page that is not the last")
+        """Every online or busy friend, page after page until FN=1 (bounded, see _all_pages)."""
+        return await self._all_pages(
+            "Query_Stat", page_size, lambda offset: codec.QueryStat(self.uin, self._seq(None), page_size, offset),
+            lambda page: page.friends, lambda friend: friend.uin,
+        )  # fmt: skip
 
     async def profile(self, target: int, level: int = 3) -> model.Profile:
         return await self.request(codec.GetInfo(self.uin, self._seq(None), target=target, level=level))

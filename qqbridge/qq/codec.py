@@ -27,6 +27,7 @@ LOGIN_CODE = "9326B87B234E7235"  # the seed's fixed `LC`
 MAX_SEQ = 9_999_999_999  # SEQ is 1 to 10 decimal digits
 MAX_MESSAGE_BYTES = 700  # CLTMSG refuses longer MG
 GETMSG_CAP = 50  # a full GetMsgEx reply: there may be more
+MAX_NUMBER = 2**63 - 1  # the largest number a reply may carry (a BIGINT column holds it)
 
 
 def password_md5(password: str) -> str:
@@ -58,19 +59,31 @@ def _check_uin(name: str, value: int) -> None:
         raise LocalProtocolError(f"{name} must be a non-negative integer, not {value!r}")
 
 
+def _number(raw: str) -> int | None:
+    """A decimal number of at most 19 ASCII digits that fits a signed 64-bit column, or
+    None: a server's 5,000-digit "number" must not reach `int()` (which refuses it with
+    a ValueError) nor the store."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= MAX_NUMBER else None
+
+
 def _int(fields: dict[str, str], key: str) -> int:
     raw = fields.get(key)
     if raw is None:
         raise RemoteProtocolError(f"reply lacks {key}")
-    if not raw.isdigit() or not raw.isascii():
-        raise RemoteProtocolError(f"reply's {key} is not a number: {raw[:20]!r}")
-    return int(raw)
+    value = _number(raw)
+    if value is None:
+        raise RemoteProtocolError(f"reply's {key} is not a number up to {MAX_NUMBER}: {raw[:20]!r}")
+    return value
 
 
 def _ints(items: list[str], key: str) -> list[int]:
-    if not all(item.isdigit() and item.isascii() for item in items):
-        raise RemoteProtocolError(f"reply's {key} list holds a non-number")
-    return [int(item) for item in items]
+    values = [_number(item) for item in items]
+    if None in values:
+        raise RemoteProtocolError(f"reply's {key} list holds something that is not a number up to {MAX_NUMBER}")
+    return values  # type: ignore[return-value]
 
 
 def _status(value: int, key: str) -> model.Status:
@@ -229,11 +242,12 @@ class GetInfo(Command):
             if key in _PROFILE_TEXT:
                 values[_PROFILE_TEXT[key]] = text
             elif key in ("AG", "FC"):
-                values["age" if key == "AG" else "face"] = int(text) if text.isdigit() else None
+                values["age" if key == "AG" else "face"] = _number(text)
             elif key in _PROFILE_CODES:
                 name, table = _PROFILE_CODES[key]
+                code = _number(text)
                 try:
-                    values[name] = table(int(text))
+                    values[name] = table(code)
                 except ValueError:
                     extra[key] = text  # a code the seed's tables do not know: keep it visible
             else:
@@ -304,7 +318,7 @@ _EVENT_KINDS = {9, 99, 2, 3, 4}
 def _event(kind: int, sender: int, content: str) -> model.Event:
     if kind == 9:
         return model.Message(sender=sender, text=content)
-    if kind == 99 and content.isdigit() and int(content) in (10, 20, 30):
+    if kind == 99 and content in ("10", "20", "30"):
         return model.StatusChange(uin=sender, status=model.Status(int(content)))
     if kind == 2:
         return model.FriendRequest(sender=sender, reason=content)

@@ -98,6 +98,15 @@ class Zodiac(enum.IntEnum):
         return "" if self.value == 0 else self.name.capitalize()
 
 
+# QQ numbers the protocol accepts (PROTOCOL.md §3: anything else is an illegal QQ number, RES=5).
+MIN_UIN, MAX_UIN = 10_000, 4_294_967_295
+
+
+def legal_uin(uin: int) -> bool:
+    """Whether `uin` can be a QQ account at all; a server that names another is lying."""
+    return MIN_UIN <= uin <= MAX_UIN
+
+
 def avatar_file(face: int) -> str:
     """The picture a face id names: `FC/3 + 1` (FC=270 → 91.bmp)."""
     return f"{face // 3 + 1}.bmp"

@@ -34,7 +34,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     metrics = Metrics()
     bridge = Bridge(config, store, matrix, qq_for, metrics)
     endpoint = AppserviceEndpoint(
-        config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists
+        config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists,
+        on_rejected=metrics.failures.labels("matrix_bad_event").inc,
     )
     health.add_routes(endpoint.app, bridge, store, metrics)
     runner = web.AppRunner(endpoint.app, access_log=None, handle_signals=False)

@@ -44,6 +44,7 @@ class Command:
     handler: Handler
     admin: bool = False
     needs_login: bool = False
+    control_room_only: bool = False  # `login`: what follows it must never be typed in a portal
 
 
 class CommandTable:
@@ -59,10 +60,11 @@ class CommandTable:
         arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
         admin: bool = False,
         needs_login: bool = False,
+        control_room_only: bool = False,
     ) -> None:
         parser = _Parser(prog=name, description=summary, add_help=False)
         arguments(parser)
-        self.commands[name] = Command(name, summary, parser, handler, admin, needs_login)
+        self.commands[name] = Command(name, summary, parser, handler, admin, needs_login, control_room_only)
 
     def parse(self, text: str) -> tuple[Command, argparse.Namespace]:
         """Find the command and parse its arguments; CommandError on anything wrong."""
@@ -72,7 +74,7 @@ class CommandTable:
             raise CommandError("empty command; type `help` for the list")
         command = self.commands.get(words[0].lower())
         if command is None:
-            raise CommandError(f"unknown command `{words[0]}`; type `help` for the list")
+            raise CommandError(f"unknown command `{words[0][:40]}`; type `help` for the list")
         return command, command.parser.parse_args(words[1:])
 
     def help_text(self, *, admin: bool) -> str:

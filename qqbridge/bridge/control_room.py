@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from qqbridge.bridge.accounts import AccountState
 from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
 from qqbridge.bridge.contact_commands import ContactCommands
 from qqbridge.bridge.notices import txn_for
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
 from qqbridge.store import ConflictError
+from qqbridge.store.rows import LoginState
 
 if TYPE_CHECKING:
     from qqbridge.bridge.core import Bridge
@@ -46,7 +48,8 @@ class ControlRoom:
         self.table = table = CommandTable()
         table.add("help", "list the commands", self.cmd_help)
         table.add("login", "log into a QQ account (the password is asked next)", self.cmd_login,
-                  arguments=lambda p: p.add_argument("uin", type=qq_number, help="your QQ number"))
+                  arguments=lambda p: p.add_argument("uin", type=qq_number, help="your QQ number"),
+                  control_room_only=True)
         table.add("logout", "log the QQ account out and stop bridging it", self.cmd_logout, needs_login=True)
         table.add("ping", "the QQ session's state, last poll and queues", self.cmd_ping)
         table.add("status", "show or set your QQ status", self.cmd_status, needs_login=True,
@@ -95,6 +98,8 @@ class ControlRoom:
         if not self.bridge.permissions.may_use(sender):
             await reply("You are no longer allowed to use this bridge.")
             return
+        if not content:
+            return  # redacted, or the password message blanked before a restart: nothing to answer
         body = content.get("body")
         if not isinstance(body, str) or content.get("msgtype") not in ("m.text", "m.notice"):
             await reply("Commands are plain text messages; type `help` for the list.")
@@ -104,12 +109,16 @@ class ControlRoom:
             return
         await self.run_command(user, room_id, event_id, body)
 
-    async def run_command(self, user: Any, room_id: str, event_id: str, body: str) -> None:
+    async def run_command(self, user: Any, room_id: str, event_id: str, body: str, *, in_portal: bool = False) -> None:
         """A command typed in the control room, or after `!qq` in a portal."""
         reply = Reply(self.bridge, room_id, event_id)
         text = body.strip().removeprefix("!qq").strip()
         try:
             command, args = self.table.parse(text)
+            if in_portal and command.control_room_only:
+                # The password would follow in this room, where messages go to a QQ contact.
+                raise CommandError(f"`{command.name}` works only in your control room (the direct chat with "
+                                   "the bridge bot), never in a chat with a QQ contact. Nothing was changed.")  # fmt: skip
             if command.admin and not self.bridge.permissions.is_admin(user.mxid):
                 raise CommandError(f"`{command.name}` is for bridge admins only")
             if command.needs_login and self.bridge.accounts.get(user.mxid) is None:
@@ -118,20 +127,40 @@ class ControlRoom:
         except CommandError as exc:
             await reply(str(exc))
 
-    async def _password(self, user: Any, room_id: str, event_id: str, body: str, reply: Reply) -> None:
-        """The message after `login <uin>`: redact it first, keep only its MD5, try it."""
-        redacted = True
+    async def awaiting_password(self, mxid: str) -> bool:
+        user = await self.store.get_user(mxid)
+        return user is not None and user.login_state == LoginState.AWAITING_PASSWORD
+
+    async def redact_quietly(self, room_id: str, event_id: str) -> bool:
+        """Redact a message that may hold a password; False if the homeserver refused."""
         try:
             await self.bridge.matrix.redact(room_id, event_id, txn_id=f"redact-{event_id}", reason="QQ password")
         except MatrixError as exc:
-            redacted = False
             log.warning("could not redact a password message", room_id=room_id, error=exc.errcode)
+            return False
+        return True
+
+    def _state_before_login(self, mxid: str) -> LoginState:
+        """Where the user stood before `login`: a running QQ session goes on after a
+        cancelled or failed new login, and must still be resumed after a restart."""
+        account = self.bridge.accounts.get(mxid)
+        if account is None:
+            return LoginState.LOGGED_OUT
+        return LoginState.BAD_PASSWORD if account.state is AccountState.BAD_PASSWORD else LoginState.LOGGED_IN
+
+    async def _password(self, user: Any, room_id: str, event_id: str, body: str, reply: Reply) -> None:
+        """The message after `login <uin>`: redact it and forget it first, and leave the
+        'awaiting password' state in the same breath (so a restart in the middle never
+        takes the *next* message for a password); keep only its MD5, try it."""
+        redacted = await self.redact_quietly(room_id, event_id)
         await self.store.forget_event_content(event_id)
         uin = user.pending_login_uin
+        before = self._state_before_login(user.mxid)
         if body.strip().lower() == "cancel":
-            await self.store.set_login_state(user.mxid, "logged_out")
-            await reply("Login cancelled.")
+            await self.store.abandon_login(user.mxid, before)
+            await reply("Login cancelled." + (" Your QQ session goes on as before." if before is LoginState.LOGGED_IN else ""))
             return
+        await self.store.set_login_state(user.mxid, before)  # pending_login_uin stays: an attempt in flight
         if not redacted:
             await reply("I could not redact your password message (I lack the power to); please delete it yourself.")
         account = self.bridge.accounts.new(user.mxid, uin, password_md5(body))
@@ -139,18 +168,30 @@ class ControlRoom:
             await account.login()
         except (errors.QQError, OSError) as exc:
             await account.qq.aclose()
-            await self.store.set_login_state(user.mxid, "logged_out")
-            await reply(_login_failure(uin, exc))
+            await self.store.abandon_login(user.mxid, before)
+            await reply(_login_failure(uin, exc) + (" Your QQ session goes on as before." if before is LoginState.LOGGED_IN else ""))
             return
         try:
             await self.store.complete_login(user.mxid, uin, password_md5(body))
         except ConflictError:
             await account.stop(logout=True)
-            await self.store.set_login_state(user.mxid, "logged_out")
+            await self.store.abandon_login(user.mxid, before)
             await reply(f"QQ {uin} was bridged for another Matrix user meanwhile; nothing was stored.")
             return
         await self.bridge.accounts.begin(account)
         await reply(f"Logged into QQ as {uin}. Your QQ messages will now reach you here.")
+
+    async def interrupted_logins(self) -> None:
+        """At start-up: a login that was being tried when the bridge stopped is told
+        about, never silently dropped, and its password message never re-read."""
+        for user in await self.store.list_users():
+            if user.pending_login_uin is not None and user.login_state != LoginState.AWAITING_PASSWORD:
+                await self.store.abandon_login(user.mxid, LoginState(user.login_state))
+                try:
+                    await self.bridge.tell_user(user.mxid, f"Your login to QQ {user.pending_login_uin} was interrupted "
+                                                f"by a bridge restart. Type `login {user.pending_login_uin}` to try again.")  # fmt: skip
+                except MatrixError as exc:
+                    log.warning("could not tell a user their login was interrupted", mxid=user.mxid, error=str(exc))
 
     # ---- commands ----------------------------------------------------------------------
 

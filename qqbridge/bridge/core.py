@@ -39,6 +39,18 @@ from qqbridge.qq import errors, model
 
 log = structlog.get_logger(__name__)
 
+INBOX_PAGE = 200  # events read from the store at a time
+INBOX_IN_FLIGHT = 2000  # events in hand at once, across all rooms
+HANDLING_DEADLINE = 180.0  # seconds for one event (a login waits on QQ); then it is set aside
+
+
+@dataclasses.dataclass
+class _RoomQueue:
+    """A room's events in hand: they take the lock in arrival order (asyncio.Lock is FIFO)."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    waiting: int = 0
+
 
 class Bridge:
     def __init__(
@@ -64,7 +76,8 @@ class Bridge:
         )  # fmt: skip
         self.control = ControlRoom(self)
         self._wake = asyncio.Event()
-        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._rooms: dict[str, _RoomQueue] = {}  # rooms with events in hand
+        self._slots = asyncio.Semaphore(INBOX_IN_FLIGHT)
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbox_task: asyncio.Task[None] | None = None
@@ -76,6 +89,7 @@ class Bridge:
         for user in await self.store.list_users():
             if user.login_state == "logged_in" and user.qq_uin and user.password_md5:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
+        await self.control.interrupted_logins()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
         self._keep(asyncio.create_task(self._janitor(), name="janitor"))
         self.wake()  # events stored before a restart are handled now
@@ -118,44 +132,61 @@ class Bridge:
         queues.labels("matrix_inbox").set(await self.store.count_pending_events())
 
     async def user_exists(self, mxid: str) -> bool:
-        """The appservice user query: the bot and any well-formed puppet exist."""
+        """The appservice user query: the bot and any well-formed puppet exist. Nothing is
+        registered here: anyone can make the homeserver ask (by inviting a made-up puppet
+        ID), and a puppet is registered only when the bridge uses it (`ensure_registered`)."""
         uin = self.config.puppet_uin(mxid)
-        if mxid != self.config.bot_mxid and (uin is None or not 10000 <= uin <= 4294967295):
-            return False
-        try:
-            await self.matrix.ensure_registered(mxid)
-        except MatrixError:
-            log.exception("could not register a user on query", mxid=mxid)
-            return False
-        return True
+        return mxid == self.config.bot_mxid or (uin is not None and 10000 <= uin <= 4294967295)
 
     # ---- the inbox ---------------------------------------------------------------------
 
     async def _inbox_loop(self) -> None:
+        """Each wake pages through *every* pending event (a burst of 10,000 is taken
+        whole, not 100 a wake), starting one task per event; the room's lock keeps each
+        room in order while rooms run side by side. At most `INBOX_IN_FLIGHT` events
+        are in hand at once, so a flood waits in the store, not in memory."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for event in await self.store.pending_events():
-                if event.event_id in self._inflight:
-                    continue
-                self._inflight.add(event.event_id)
-                self._keep(asyncio.create_task(self._handle_in_order(event)))
+            after = 0
+            while batch := await self.store.pending_events(INBOX_PAGE, after=after):
+                for event in batch:
+                    if event.event_id in self._inflight:
+                        continue
+                    await self._slots.acquire()
+                    self._inflight.add(event.event_id)
+                    self._keep(asyncio.create_task(self._handle_in_order(event)))
+                after = batch[-1].inbox_id
 
     async def _handle_in_order(self, event: Any) -> None:
-        lock = self._room_locks.setdefault(event.room_id, asyncio.Lock())
-        async with lock:
-            error = None
-            try:
-                await self.handle(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("event handling failed", event_id=event.event_id, type=event.type)
-                error = f"{type(exc).__name__}: {exc}"
-                await self._report_failure(event, error)
-            finally:
-                self._inflight.discard(event.event_id)
-            await self.store.mark_event_handled(event.event_id, error)
+        room = self._rooms.setdefault(event.room_id, _RoomQueue())
+        room.waiting += 1
+        try:
+            async with room.lock:
+                error = None
+                try:
+                    async with asyncio.timeout(HANDLING_DEADLINE):
+                        await self.handle(event)
+                except TimeoutError:
+                    log.error("event handling took too long; set aside", event_id=event.event_id, type=event.type)
+                    error = f"it took more than {HANDLING_DEADLINE:.0f} s"
+                    await self._report_failure(event, error)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("event handling failed", event_id=event.event_id, type=event.type)
+                    error = f"{type(exc).__name__}: {exc}"
+                    await self._report_failure(event, error)
+                try:
+                    await self.store.mark_event_handled(event.event_id, error)
+                except Exception:  # the store is failing: the event stays pending for the next wake
+                    log.exception("could not mark an event handled", event_id=event.event_id)
+        finally:
+            self._inflight.discard(event.event_id)
+            self._slots.release()
+            room.waiting -= 1
+            if not room.waiting:
+                self._rooms.pop(event.room_id, None)
 
     async def _report_failure(self, event: Any, error: str) -> None:
         """A user's message the bridge could not act on is answered, never dropped silently."""
@@ -165,7 +196,7 @@ class Bridge:
                 "Try again, or ask the bridge's admin to look at its log.")  # fmt: skip
         try:
             await self.notice(event.room_id, text, txn_id=txn_for("failed", event.event_id), reply_to=event.event_id)
-        except MatrixError as exc:
+        except Exception as exc:  # the event is marked failed all the same: never handled again
             log.warning("could not report a failure to the user", event_id=event.event_id, error=str(exc))
 
     def is_bridge_user(self, mxid: str) -> bool:
@@ -209,7 +240,18 @@ class Bridge:
         if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
             user = await self.store.get_user(event.sender)
             if user is not None:
-                await self.control.run_command(user, room, cause, body)
+                await self.control.run_command(user, room, cause, body, in_portal=True)
+            return
+        if event.type == "m.room.message" and await self.control.awaiting_password(event.sender):
+            # It may well be the password, typed in the wrong room: never relay or keep it.
+            await self.store.forget_event_content(cause)
+            gone = await self.control.redact_quietly(room, cause)
+            await self.notice(room, "Not sent: your login is waiting for your QQ password, which goes in your "
+                              "control room only. This message was not sent to QQ and not kept"
+                              + (" (and I removed it here, in case it was your password). " if gone else
+                                 "; if it was your password, delete it. ")
+                              + "Send your password in the control room, then anything else here again.",
+                              txn_id=txn_for("password", cause))  # fmt: skip
             return
         if event.type not in ("m.room.message", "m.sticker"):
             return

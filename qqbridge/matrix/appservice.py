@@ -5,9 +5,13 @@
         ──▶ 200 {} ──▶ wake the bridge, which handles the stored events in order
 
 A transaction is answered 200 only once its events are durably stored; a store
-failure answers 500 so the homeserver retries. Authentication is checked before
-anything else and compared in constant time. The query endpoints (`users`, `rooms`)
-answer from what the bridge knows, never waiting on QQ.
+failure answers 500 so the homeserver retries. That is the *only* 5xx: an event the
+bridge cannot use (a NUL in its type, content that is not an object, a timestamp past
+64 bits, NaN...) is set aside with a log line and the rest of the transaction is
+taken, because the homeserver retries a refused transaction forever and every later
+event, anyone's, would wait behind it. Authentication is checked before anything
+else and compared in constant time. The query endpoints (`users`, `rooms`) answer
+from what the bridge knows, never waiting on QQ.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from qqbridge.store.checks import inbox_event
+from qqbridge.store.errors import InvalidValueError
+
 log = structlog.get_logger(__name__)
 
 PREFIX = "/_matrix/app/v1"
-_REQUIRED = ("event_id", "type", "room_id", "sender")
 
 
 class TransactionStore(Protocol):
@@ -42,11 +48,13 @@ class AppserviceEndpoint:
         *,
         on_stored: Callable[[], None],
         user_exists: Callable[[str], Awaitable[bool]],
+        on_rejected: Callable[[], None] = lambda: None,
     ) -> None:
         self._hs_token = hs_token.encode()
         self._store = store
         self._on_stored = on_stored
         self._user_exists = user_exists
+        self._on_rejected = on_rejected
         self.app = web.Application(middlewares=[self._errors, self._authenticate], client_max_size=16 * 1024**2)
         self.app.router.add_put(PREFIX + "/transactions/{txn_id}", self._transaction)
         self.app.router.add_get(PREFIX + "/users/{user_id}", self._user)
@@ -72,7 +80,8 @@ class AppserviceEndpoint:
         token = header[7:] if header.startswith("Bearer ") else request.query.get("access_token")
         if not token:
             return matrix_error(401, "M_MISSING_TOKEN", "missing access token")
-        if not hmac.compare_digest(token.encode(), self._hs_token):
+        # aiohttp hands non-UTF-8 header bytes over as surrogates: compare them as bytes.
+        if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._hs_token):
             log.warning("homeserver request with a wrong hs_token", path=request.path, remote=request.remote)
             return matrix_error(403, "M_FORBIDDEN", "bad access token")
         return await handler(request)
@@ -83,16 +92,16 @@ class AppserviceEndpoint:
         txn_id = request.match_info["txn_id"]
         try:
             body = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return matrix_error(400, "M_NOT_JSON", "the transaction body is not JSON")
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list):
             return matrix_error(400, "M_BAD_JSON", "the transaction has no 'events' list")
-        for index, event in enumerate(events):
-            if not isinstance(event, dict) or not all(isinstance(event.get(key), str) for key in _REQUIRED):
-                return matrix_error(400, "M_BAD_JSON", f"event {index} lacks one of {', '.join(_REQUIRED)}")
+        usable = self._usable(txn_id, events)
         try:
-            fresh = await self._store.record_transaction(txn_id, events)
+            fresh = await self._store.record_transaction(txn_id, usable)
+        except InvalidValueError as exc:  # the transaction id itself (a NUL in the path)
+            return matrix_error(400, "M_INVALID_PARAM", str(exc)[:200])
         except Exception:
             log.exception("could not store a transaction; the homeserver will retry", txn_id=txn_id)
             return matrix_error(500, "M_UNKNOWN", "could not store the transaction; retry")
@@ -100,6 +109,20 @@ class AppserviceEndpoint:
         if fresh:
             self._on_stored()
         return web.json_response({})
+
+    def _usable(self, txn_id: str, events: list[Any]) -> list[dict[str, Any]]:
+        """The events the store can keep; the others are logged and left out."""
+        usable = []
+        for index, event in enumerate(events):
+            try:
+                inbox_event(txn_id, index, event)
+            except InvalidValueError as exc:
+                log.warning("set aside an event the bridge cannot use", txn_id=txn_id, index=index,
+                            event_id=_clip(event.get("event_id") if isinstance(event, dict) else None), why=str(exc)[:200])  # fmt: skip
+                self._on_rejected()
+                continue
+            usable.append(event)
+        return usable
 
     async def _user(self, request: web.Request) -> web.Response:
         if await self._user_exists(request.match_info["user_id"]):
@@ -116,3 +139,8 @@ class AppserviceEndpoint:
             return matrix_error(400, "M_NOT_JSON", "the ping body is not JSON")
         log.info("pinged by the homeserver", transaction_id=body.get("transaction_id") if isinstance(body, dict) else None)
         return web.json_response({})
+
+
+def _clip(value: Any) -> str:
+    """A value from outside, safe and short for a log line."""
+    return repr(value)[:80]

@@ -103,7 +103,7 @@ def inbox_event(txn_id: str, index: int, event: Any) -> tuple[Any, ...]:
         raise InvalidValueError(f"{where}: origin_server_ts must be a 64-bit integer")
     try:
         content_json, event_json = to_json(content), to_json(event)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise InvalidValueError(f"{where} is not storable as JSON: {e}") from e
     return (event_id, txn_id, room_id, sender, type_, state_key, content_json, ts, event_json)
 

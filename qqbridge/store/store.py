@@ -133,12 +133,15 @@ class Store:
                 )
         return True
 
-    async def pending_events(self, limit: int = 100) -> list[InboxEvent]:
-        """Events not yet handled, oldest first."""
+    async def pending_events(self, limit: int = 100, *, after: int = 0) -> list[InboxEvent]:
+        """Events not yet handled, oldest first; those stored after inbox id `after`
+        (a cursor, for paging through a long inbox)."""
         _limit(limit)
         rows = await self.db.fetch(
-            f"SELECT {_INBOX_COLUMNS} FROM matrix_inbox WHERE state = $1 ORDER BY inbox_id LIMIT $2",
+            f"SELECT {_INBOX_COLUMNS} FROM matrix_inbox WHERE state = $1 AND inbox_id > $2"
+            " ORDER BY inbox_id LIMIT $3",
             InboxState.PENDING.value,
+            int(after),
             limit,
         )
         return [InboxEvent.from_row(row) for row in rows]
@@ -295,6 +298,13 @@ class Store:
         """Record where the login stands (e.g. 'bad_password' when QQ refused the hash)."""
         _text("state", state)
         return await self._update_user(mxid, "login_state = $2", str(state))
+
+    async def abandon_login(self, mxid: str, state: str) -> BridgeUser:
+        """A login attempt ended without success (cancelled, refused, interrupted):
+        forget the pending QQ number and go back to `state`, where the user stood
+        before (a running session stays 'logged_in')."""
+        _text("state", state)
+        return await self._update_user(mxid, "pending_login_uin = NULL, login_state = $2", str(state))
 
     async def logout(self, mxid: str) -> BridgeUser:
         """Forget the QQ account, the hash and any pending login; keep the control room

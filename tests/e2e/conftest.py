@@ -69,7 +69,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         database={"url": f"sqlite:///{work / 'bridge.db'}"},
         logging={"level": "DEBUG"},
         permissions={"@alice:localhost": "admin", "@bob:localhost": "user", "@carol:localhost": "user",
-                     **{f"@{name}{n}:localhost": "user" for name in ("dan", "carol") for n in range(1, 10)}},
+                     **{f"@{name}{n}:localhost": "user" for name in ("dan", "carol") for n in range(1, 10)},
+                     **{f"@hostile{n}:localhost": "user" for n in range(1, 20)}},
     )
     subprocess.run(
         [sys.executable, "-m", "qqbridge", "generate-registration", "-c", str(config_path), "-o", str(registration_path)],

@@ -15,6 +15,7 @@ from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import HomeserverAPI, MatrixError
 from qqbridge.matrix.appservice import AppserviceEndpoint
+from qqbridge.matrix.http_limits import ConnectionGuard, HttpLimits, fit_to_open_file_limit
 from qqbridge.metrics import Metrics
 from qqbridge.qq import QQClient
 from qqbridge.store import Store
@@ -38,10 +39,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         on_rejected=metrics.failures.labels("matrix_bad_event").inc,
     )
     health.add_routes(endpoint.app, bridge, store, metrics)
-    runner = web.AppRunner(endpoint.app, access_log=None, handle_signals=False)
+    guard = ConnectionGuard(http_limits(config))
+    guard.install(endpoint.app)
+    runner = web.AppRunner(endpoint.app, access_log=None, handle_signals=False,
+                           keepalive_timeout=config.appservice.idle_timeout)  # fmt: skip
     await runner.setup()
-    site = web.TCPSite(runner, config.appservice.host, config.appservice.port)
-    await site.start()
+    await guard.listen(runner.server, config.appservice.host, config.appservice.port)
     try:
         starting = asyncio.create_task(bridge.start())
         stopping = asyncio.create_task(stop.wait())
@@ -66,9 +69,21 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             await asyncio.wait_for(bridge.stop(), SHUTDOWN_SECONDS)
         except TimeoutError:
             log.warning("shutdown took too long; leaving the rest")
+        guard.stop_listening()
         await runner.cleanup()
+        guard.close_all()
         await matrix.close()
         await store.close()
+
+
+def http_limits(config: Config) -> HttpLimits:
+    wanted = config.appservice.max_connections
+    cap = fit_to_open_file_limit(wanted)
+    if cap < wanted:
+        log.warning("the open-file limit allows fewer appservice connections; raise LimitNOFILE",
+                    max_connections=wanted, allowed=cap)  # fmt: skip
+    section = config.appservice
+    return HttpLimits(cap, section.header_timeout, section.idle_timeout, section.body_timeout)
 
 
 def run(config: Config) -> int:

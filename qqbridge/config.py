@@ -52,6 +52,10 @@ class Appservice(_Section):
     bot_displayname: str = "QQ bridge"
     puppet_localpart: str = Field("_qq_{uin}", description="template; must contain {uin}")
     puppet_displayname: str = Field("{nick} (QQ)", description="template; may use {nick} and {uin}")
+    max_connections: int = Field(1000, ge=1, le=100_000, description="beyond it the longest-waiting one is closed")
+    header_timeout: float = Field(10.0, gt=0, le=600, description="seconds to send a request head, in all")
+    idle_timeout: float = Field(60.0, gt=0, le=3600, description="seconds a keep-alive connection may stay silent")
+    body_timeout: float = Field(30.0, gt=0, le=3600, description="seconds to send a request body, in all")
 
     @field_validator("puppet_localpart")
     @classmethod

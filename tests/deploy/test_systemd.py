@@ -14,7 +14,11 @@ import pytest
 
 from qqbridge.app import SHUTDOWN_SECONDS
 from qqbridge.cli import main
+from qqbridge.config import Appservice
+from qqbridge.matrix.http_limits import RESERVED_FDS
 from tests.deploy.helpers import UNIT, YES, bridge_env, config_key, parse_cli
+
+DEFAULT_MAX_CONNECTIONS = Appservice.model_fields["max_connections"].default
 
 # ---- the systemd unit ------------------------------------------------------------------
 
@@ -86,6 +90,10 @@ def test_unit_is_hardened(unit: dict[str, dict[str, list[str]]]) -> None:
     stop = int(re.fullmatch(r"(\d+)s?", one("TimeoutStopSec"))[1])
     assert stop >= 2 * SHUTDOWN_SECONDS, "systemd would kill the bridge while it is still stopping its pollers"
     assert "Environment" in service or "EnvironmentFile" in service
+    nofile = one("LimitNOFILE").partition(":")[0]  # soft[:hard]
+    assert nofile.isdigit() and int(nofile) >= DEFAULT_MAX_CONNECTIONS + RESERVED_FDS, (
+        "LimitNOFILE= too low: the bridge would hold fewer than appservice.max_connections connections"
+    )
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 

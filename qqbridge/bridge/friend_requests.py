@@ -1,6 +1,7 @@
 """Friend requests (QQ `MT=2`) as prompts in the control room.
 
-The prompt names who asks (nickname and UIN) and why, and how to answer: `accept` /
+The prompt names who asks (nickname and UIN) and why — both from QQ, so each shown on
+one line, the reason quoted (notices.quoted, puppets.label) — and how to answer: `accept` /
 `reject [reason]`, or a ✅ / ❌ reaction on the prompt (the bot offers both). The
 answer goes to QQ by Ack_AddToList, and the prompt is edited to show the outcome.
 Requests are stored, so pending ones survive a restart.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from qqbridge.bridge.commands import CommandError
-from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.notices import quoted, txn_for
 from qqbridge.qq import errors
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class FriendRequests:
         self.store = bridge.store
 
     def _prompt_text(self, label: str, uin: int, reason: str, outcome: str | None = None) -> str:
-        said = f"“{reason}”" if reason else "(no reason given)"
+        said = quoted(reason) if reason else "(no reason given)"  # QQ's text: one line, clipped
         text = f"Friend request from {label}: {said}"
         if outcome:
             return f"{text}\n{outcome}"
@@ -88,8 +89,8 @@ class FriendRequests:
     async def _edit_prompt(self, request: object, text: str) -> None:
         room, event_id = request.prompt_room_id, request.prompt_event_id  # type: ignore[attr-defined]
         content = {
-            "msgtype": "m.notice", "body": f"* {text}",
-            "m.new_content": {"msgtype": "m.notice", "body": text},
+            "msgtype": "m.notice", "body": f"* {text}", "m.mentions": {},
+            "m.new_content": {"msgtype": "m.notice", "body": text, "m.mentions": {}},
             "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
         }  # fmt: skip
         await self.bridge.matrix.send(room, content, txn_id=txn_for("outcome", event_id, text))

@@ -9,9 +9,13 @@
         Matrix send transaction ids come from the stored row, so relaying it again after
         a crash returns the event already sent instead of a second one.
 
-A homeserver that is down leaves rows pending (the relay task backs off and tries
-again, while the poller goes on fetching and storing); a refusal that will not pass
-marks the row failed and tells the user.
+A homeserver (or database) that is down leaves rows pending: the relay task backs off
+and tries again, while the poller goes on fetching and storing. A row that cannot be
+relayed for a reason that will not pass — a sender that is not a QQ number (the server
+lied), content or a value the homeserver or the store refuses — is set aside (marked
+failed) with one notice to the user, and the rows after it flow: one poison row never
+blocks a user's later messages. An error nobody foresaw (a bug) gets UNKNOWN_TRIES
+tries, then is set aside the same way.
 """
 
 from __future__ import annotations
@@ -23,14 +27,23 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from qqbridge.bridge.accounts import Backoff
-from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.notices import one_line, quoted, txn_for
 from qqbridge.matrix.api import MatrixError
-from qqbridge.qq import model
+from qqbridge.qq import errors, model
+from qqbridge.store.errors import ConflictError, InvalidValueError, NotFoundError
 
 if TYPE_CHECKING:
     from qqbridge.bridge.core import Bridge
 
 log = structlog.get_logger(__name__)
+
+UNKNOWN_TRIES = 5  # about 5 s of backoff
+_KINDS = {9: "message", 99: "status change", 2: "friend request", 3: "friend request answer",
+          4: "friend request answer"}  # fmt: skip
+
+
+class Unrelayable(Exception):
+    """A stored row that can never be relayed as it is (the message says why)."""
 
 
 def as_row(event: model.Event) -> tuple[int, int, str]:
@@ -51,9 +64,18 @@ def as_row(event: model.Event) -> tuple[int, int, str]:
     raise TypeError(event)
 
 
-def passing(exc: MatrixError) -> bool:
-    """Worth trying again later: the homeserver was unreachable, busy or failing."""
-    return exc.status in (0, 429) or exc.status >= 500
+def passing(exc: BaseException) -> bool:
+    """Worth trying again and again: the homeserver was unreachable, busy or failing, or
+    the network was. (A store error is not: the database being down stops the relay
+    before any row, at `pending_inbound`; one that strikes a row gets UNKNOWN_TRIES.)"""
+    if isinstance(exc, MatrixError):
+        return exc.status in (0, 429) or exc.status >= 500
+    return isinstance(exc, (OSError, TimeoutError))
+
+
+def hopeless(exc: BaseException) -> bool:
+    """Will fail the same way however often it is tried."""
+    return isinstance(exc, (Unrelayable, MatrixError, InvalidValueError, NotFoundError, ConflictError, errors.QQError))
 
 
 class Inbound:
@@ -66,6 +88,7 @@ class Inbound:
         self.store = bridge.store
         self._wakers: dict[str, asyncio.Event] = {}
         self._relayers: dict[str, asyncio.Task[None]] = {}
+        self._tries: dict[int, int] = {}  # inbound_id → failures of a kind nobody foresaw
 
     async def receive(self, owner: str, seq: int, events: list[model.Event]) -> None:
         """The pollers' delivery: store (raising keeps the SEQ for a refetch), then
@@ -110,28 +133,60 @@ class Inbound:
                 wake.set()
 
     async def relay_pending(self, owner: str) -> None:
-        """Relay every stored row of `owner`, in order. Raises when the homeserver is
-        unreachable or failing (the rest stays pending)."""
+        """Relay every stored row of `owner`, in order. Raises when the homeserver or the
+        database is unreachable or failing (the rest stays pending); a row that cannot
+        be relayed for good is set aside, and the next one goes."""
         while rows := await self.store.pending_inbound(owner):
             for row in rows:
                 try:
                     event_id = await self._relay(owner, row)
-                except MatrixError as exc:
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
                     if passing(exc):
                         raise
-                    log.warning("relay refused by the homeserver", inbound_id=row.inbound_id, error=str(exc))
-                    self.bridge.metrics.failures.labels("matrix_refused").inc()
-                    await self.store.mark_inbound_failed(row.inbound_id, str(exc))
-                    await self.bridge.tell_user(owner, f"A QQ message from {row.sender_uin} could not be shown "
-                                                f"here: the homeserver said {exc.errcode}.")  # fmt: skip
+                    if not hopeless(exc):
+                        tries = self._tries[row.inbound_id] = self._tries.get(row.inbound_id, 0) + 1
+                        log.exception("relay failed", inbound_id=row.inbound_id, tries=tries)
+                        if tries < UNKNOWN_TRIES:
+                            raise
+                    await self._set_aside(owner, row, exc)
                     continue
+                self._tries.pop(row.inbound_id, None)
                 await self.store.mark_inbound_relayed(row.inbound_id, event_id)
                 if row.kind == 9:
                     self.bridge.metrics.messages.labels("qq_to_matrix").inc()
                     self.bridge.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
 
+    async def _set_aside(self, owner: str, row: Any, exc: Exception) -> None:
+        """Mark the row failed, telling the user once what it was and why (the notice's
+        transaction id comes from the row, so a retry never says it twice)."""
+        self._tries.pop(row.inbound_id, None)
+        why = _why(exc)
+        log.warning("QQ event set aside", owner=owner, inbound_id=row.inbound_id, kind=row.kind, error=str(exc))
+        kind = "matrix_refused" if isinstance(exc, MatrixError) else "qq_protocol" if hopeless(exc) else "internal"
+        self.bridge.metrics.failures.labels(kind).inc()
+        who = str(row.sender_uin)
+        if model.legal_uin(row.sender_uin):
+            try:
+                who = await self.bridge.puppets.label(row.sender_uin)
+            except Exception:  # the label is a nicety; the notice is not
+                log.warning("no label for a set-aside event's sender", uin=row.sender_uin, exc_info=True)
+        what = _KINDS.get(row.kind, f"event (MT={row.kind})")
+        said = f": {quoted(row.content, 100)}" if row.content and row.kind in (9, 2, 4) else ""
+        text = f"⚠ A QQ {what} from {who} could not be shown here, and was set aside: {why}{said}"
+        try:
+            await self.bridge.notice_user(owner, text, txn_id=txn_for("set-aside", row.inbound_id))
+        except MatrixError as notice_exc:
+            if passing(notice_exc):
+                raise  # the row stays pending; the same notice is tried again with it
+            log.warning("could not tell the user about a set-aside event", owner=owner, error=str(notice_exc))
+        await self.store.mark_inbound_failed(row.inbound_id, f"{type(exc).__name__}: {exc}")
+
     async def _relay(self, owner: str, row: Any) -> str | None:
         bridge, sender = self.bridge, row.sender_uin
+        if not model.legal_uin(sender):
+            raise Unrelayable(f"{sender} is not a QQ number (10000 to 4294967295); the QQ server sent a bad sender")
         if row.kind == 9:
             account = bridge.accounts.get(owner)
             if account is not None:
@@ -139,9 +194,10 @@ class Inbound:
             stranger = account is not None and sender not in account.friends
             room_id = await bridge.portals.room_for(owner, sender, stranger=stranger)
             puppet = await bridge.puppets.ensure(sender)
-            content = {"msgtype": "m.text", "body": row.content}  # plain text: never HTML
+            # Plain text, never HTML; and it mentions no one, so `@room` from QQ pings nobody.
+            content = {"msgtype": "m.text", "body": row.content, "m.mentions": {}}
             return await bridge.matrix.send(room_id, content, txn_id=txn_for("in", row.inbound_id), user_id=puppet)
-        if row.kind == 99 and row.content.isdigit() and int(row.content) in (10, 20, 30):
+        if row.kind == 99 and row.content in ("10", "20", "30"):
             await bridge.puppets.set_presence(sender, model.Status(int(row.content)))
             return None
         if row.kind == 2:
@@ -156,7 +212,16 @@ class Inbound:
                 account.friends.add(sender)
             text = f"{label} accepted your friend request."
         elif row.kind == 4:
-            text = f"{label} rejected your friend request" + (f": {row.content}" if row.content else ".")
+            text = f"{label} rejected your friend request" + (f": {quoted(row.content)}" if row.content else ".")
         else:
-            text = f"QQ sent something this bridge does not understand (MT={row.kind} from {sender}: {row.content!r})."
+            text = f"QQ sent something this bridge does not understand (MT={row.kind} from {label}: {quoted(row.content)})."
         return await bridge.notice_user(owner, text, txn_id=txn_for("in", row.inbound_id))
+
+
+def _why(exc: Exception) -> str:
+    """Why a row was set aside, on one line, for the user."""
+    if isinstance(exc, Unrelayable):
+        return str(exc)
+    if isinstance(exc, MatrixError):
+        return f"the homeserver refused it ({exc.errcode}, HTTP {exc.status})"
+    return one_line(f"{type(exc).__name__}: {exc}", 200)

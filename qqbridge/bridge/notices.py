@@ -1,12 +1,28 @@
 """What the bridge says in Matrix, and the transaction ids it says it with. No I/O.
 
 Every module of the core that sends imports these from here (not from `core`, which
-imports them all)."""
+imports them all).
+
+Names and texts that come from QQ are shown in the bot's notices only through
+`one_line`, `quoted` or `shown_name`: on one line (a nickname with a newline must not
+put a forged line in the bot's mouth), without control or format characters (bidi
+overrides, zero-width characters), clipped to a bounded length.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import Any
+
+# Categories that end a line or control the terminal (Cc, Zl, Zp) become a space;
+# format characters (Cf: bidi overrides, zero-width joiners and spaces) are removed.
+_AS_SPACE = frozenset({"Cc", "Zl", "Zp"})
+_REMOVED = frozenset({"Cf"})
+# A name of only these (and letters, marks and digits) cannot pass for the bot's words.
+_PLAIN_PUNCTUATION = frozenset(" &.-_'’·")
+NAME_LIMIT = 64  # characters of a QQ name in a notice
+TEXT_LIMIT = 300  # characters of a QQ text (a reason, an unknown event) in a notice
 
 
 def txn_for(*parts: object) -> str:
@@ -16,8 +32,51 @@ def txn_for(*parts: object) -> str:
 
 
 def notice_content(text: str, *, reply_to: str | None = None) -> dict[str, Any]:
-    """An m.notice, optionally as a reply to the event it is about."""
-    content: dict[str, Any] = {"msgtype": "m.notice", "body": text}
+    """An m.notice, optionally as a reply to the event it is about. It mentions no one
+    (`m.mentions: {}`), so a QQ text quoted in it cannot ping the room."""
+    content: dict[str, Any] = {"msgtype": "m.notice", "body": text, "m.mentions": {}}
     if reply_to is not None:
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
     return content
+
+
+def one_line(text: str, limit: int = TEXT_LIMIT) -> str:
+    """`text` on one line: line breaks and control characters become spaces, format
+    characters go, runs of spaces become one; longer than `limit` characters, it is
+    cut and ends with `…`."""
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in _AS_SPACE:
+            kept.append(" ")
+        elif category not in _REMOVED:
+            kept.append(char)
+    flat = " ".join("".join(kept).split())
+    return clip(flat, limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, ending with `…` when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…" if limit >= 1 else ""
+
+
+def quoted(text: str, limit: int = TEXT_LIMIT) -> str:
+    """`“text”`, on one line and clipped; quote marks inside become plain `"`, so the
+    quoted part visibly ends where it ends."""
+    inner = one_line(text, limit).replace("“", '"').replace("”", '"')
+    return f"“{inner}”"
+
+
+def shown_name(name: str, limit: int = NAME_LIMIT) -> str:
+    """A QQ nickname as a notice shows it: as it is when it is plainly a name (letters,
+    digits, spaces and `&.-_'`), quoted otherwise, so that a nickname such as
+    `SYSTEM: re-enter your password` cannot read as the bot's own words."""
+    flat = one_line(name, limit)
+    plain = (
+        flat == name
+        and flat != ""
+        and all(char in _PLAIN_PUNCTUATION or unicodedata.category(char)[0] in "LMN" for char in flat)
+    )
+    return flat if plain else quoted(name, limit)

@@ -1,8 +1,14 @@
 """Portals: one direct room per (Matrix user, QQ contact), where the contact's puppet
-and the user chat. Created by the puppet on the first message either way or by
-`open <uin>`, marked direct, the user and the bot invited (the bot answers `!qq`
-commands there), named after the contact. A stranger's portal says so in its topic
-and in a first notice."""
+and the user chat. Opened on the first message either way or by `open <uin>`: the
+bot creates the room (named after the contact), the puppet joins and invites the user
+as to a direct chat; the bot stays for `!qq` commands. A stranger's portal says so in
+its topic and in a first notice.
+
+The puppet holds only the power it needs (PUPPET_POWER: messages, inviting, the room's
+name and avatar), never enough to notify the whole room (`@room` takes 100, which only
+the owner has). That is why the bot creates the room: in room version 12 a room's
+creator has unlimited power, and a puppet says whatever QQ tells it to.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from qqbridge.bridge.ports import Matrix
 from qqbridge.bridge.puppets import Puppets
 
 log = structlog.get_logger(__name__)
+
+PUPPET_POWER = 50  # state_default, invite and m.room.name/avatar are 50; notifications.room is 100
 
 
 class Portals:
@@ -39,22 +47,28 @@ class Portals:
     async def _create(self, owner: str, uin: int, stranger: bool) -> str:
         puppet = await self.puppets.ensure(uin)
         nick = await self.puppets.nick(uin)
-        bot = self.matrix.bot_mxid
         topic = f"QQ {uin}" + (" — not in your QQ friend list" if stranger else "")
         room_id = await self.matrix.create_room(
-            user_id=puppet,
             name=self.puppets.displayname(uin, nick),
             topic=topic,
-            is_direct=True,
-            invite=[owner, bot],
+            invite=[puppet],
             federate=False,
-            # The owner and the bot get full power beside the creating puppet (which room
-            # version 12 ranks above everyone and refuses to list here).
-            power_level_override={"users": {bot: 100, owner: 100}},
+            # The bot creates (in room version 12 it is not listed: creators rank above
+            # everyone); the owner keeps full power; the puppet gets what it needs.
+            power_level_override={
+                "users": {owner: 100, puppet: PUPPET_POWER},
+                "users_default": 0,
+                "notifications": {"room": 100},
+            },
         )
-        await self.matrix.join(room_id)  # the bot, for `!qq` commands and read markers
+        await self.matrix.join(room_id, user_id=puppet)
+        # A direct chat with the contact: the puppet invites, marking the invite direct.
+        await self.matrix.put_state(
+            room_id, "m.room.member", {"membership": "invite", "is_direct": True}, owner, user_id=puppet
+        )
         if stranger:
-            text = f"{nick or uin} ({uin}) is not in your QQ friend list. Type `!qq add {uin}` to add them."
+            label = await self.puppets.label(uin)
+            text = f"{label} is not in your QQ friend list. Type `!qq add {uin}` to add them."
             await self.matrix.send(room_id, notice_content(text), txn_id=txn_for("stranger", owner, uin))
         log.info("portal created", owner=owner, uin=uin, room_id=room_id, stranger=stranger)
         return room_id

@@ -3,6 +3,11 @@ named after its QQ nickname (template `{nick} (QQ)`), its presence following QQ.
 
 The store remembers the display name and presence last set on Matrix, so both are
 set only when they change, and a restart does not repeat them.
+
+A nickname is whatever the QQ server says, so it is shown tamed: on one line, without
+control characters, and short enough for the homeserver (Synapse refuses display
+names over 256 characters, which would fail the login sync for ever). A display name
+the homeserver refuses anyway is logged and passed over: it never blocks the relay.
 """
 
 from __future__ import annotations
@@ -11,14 +16,18 @@ from typing import Any
 
 import structlog
 
+from qqbridge.bridge.notices import clip, one_line, shown_name
 from qqbridge.bridge.ports import Matrix
 from qqbridge.config import Config
+from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
 
 log = structlog.get_logger(__name__)
 
 PRESENCE = {model.Status.ONLINE: "online", model.Status.BUSY: "unavailable", model.Status.OFFLINE: "offline",
             model.Status.INVISIBLE: "offline"}  # fmt: skip
+MAX_DISPLAYNAME = 256  # characters: Synapse's cap on display names
+MAX_NICK = 1024  # characters of a nickname kept in the store
 
 
 class Puppets:
@@ -29,29 +38,49 @@ class Puppets:
         return self.config.puppet_mxid(uin)
 
     def displayname(self, uin: int, nick: str | None) -> str:
-        return self.config.appservice.puppet_displayname.format(nick=nick or str(uin), uin=uin)
+        """The template filled in, the nickname on one line and clipped (by characters,
+        ending with `…`) so the whole fits MAX_DISPLAYNAME with the template's suffix."""
+        template = self.config.appservice.puppet_displayname
+        name = one_line(nick or "", MAX_DISPLAYNAME) or str(uin)
+        fixed = len(template.format(nick="", uin=uin))
+        room = max((MAX_DISPLAYNAME - fixed) // max(template.count("{nick}"), 1), 1)
+        return clip(template.format(nick=clip(name, room), uin=uin), MAX_DISPLAYNAME)
 
     async def nick(self, uin: int) -> str | None:
         puppet = await self.store.get_puppet(uin)
         return puppet.nick if puppet else None
 
     async def label(self, uin: int) -> str:
-        """How a user reads a contact: `Alice (10001)`, or just the number."""
+        """How a bot notice names a contact: `Alice (10001)`, a nickname that is more than
+        a plain name quoted (`“SYSTEM: …” (10001)`, see notices.shown_name), or just the number."""
         nick = await self.nick(uin)
-        return f"{nick} ({uin})" if nick else str(uin)
+        return f"{shown_name(nick)} ({uin})" if nick else str(uin)
 
     async def ensure(self, uin: int, nick: str | None = None) -> str:
         """Register the puppet if needed and bring its display name up to date."""
+        if not model.legal_uin(uin):
+            raise errors.LocalProtocolError(f"{uin} is not a QQ number: no puppet for it")
         mxid = self.mxid(uin)
         await self.matrix.ensure_registered(mxid)
         puppet = await self.store.get_puppet(uin)
+        nick = None if nick is None else clip(nick, MAX_NICK)
         known_nick = nick if nick is not None else (puppet.nick if puppet else None)
         wanted = self.displayname(uin, known_nick)
         if puppet is None or puppet.displayname != wanted or (nick is not None and puppet.nick != nick):
             if puppet is None or puppet.displayname != wanted:
-                await self.matrix.set_displayname(mxid, wanted)
+                await self._set_displayname(mxid, wanted)
             await self.store.upsert_puppet(uin, nick=known_nick, displayname=wanted)
         return mxid
+
+    async def _set_displayname(self, mxid: str, name: str) -> None:
+        """Set it; a refusal for good is logged and passed over (the name is cosmetic,
+        the messages are not), while a passing failure reaches the caller to retry."""
+        try:
+            await self.matrix.set_displayname(mxid, name)
+        except MatrixError as exc:
+            if exc.status in (0, 429) or exc.status >= 500:
+                raise
+            log.warning("the homeserver refused a puppet's display name", mxid=mxid, error=str(exc))
 
     async def learn_nick(self, qq: Any, uin: int) -> None:
         """A contact whose nickname the bridge does not know yet: ask QQ (GetInfo,

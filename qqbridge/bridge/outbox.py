@@ -9,7 +9,8 @@ per QQ account then sends the pieces in order (so each portal keeps its order).
         NULL / RES=5 / unsendable ─▶ failed, and a reply notice in the portal says why
 
 The sender also paces itself to the server's limit (5 messages in 5 s), so a burst
-waits a few seconds instead of earning a 20 s penalty.
+waits a few seconds instead of earning a 20 s penalty; the pacing starts from the
+stored send times, so a restarted bridge does not send a sixth message too soon.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Outbox:
         """The sender of one QQ account; runs as long as the account does."""
         wake = self._wakers.setdefault(account.mxid, asyncio.Event())
         sent_at: collections.deque[float] = collections.deque(maxlen=RATE_COUNT)
+        # What this account sent before a restart still counts on QQ's side.
+        for when_ms in await self.store.recent_send_times(account.mxid, RATE_COUNT):
+            sent_at.append(time.monotonic() - max(0.0, time.time() - when_ms / 1000))
         backoff = Backoff(0.5 * self._scale, 60.0 * self._scale)
         while True:
             wake.clear()
@@ -79,6 +83,9 @@ class Outbox:
         try:
             await account.qq.send_message(row.target_uin, row.text, seq=row.seq)
         except errors.RateLimited:
+            log.warning("QQ said too fast (RES=3): its penalty window delays this user's messages",
+                        uin=account.uin, outbox_id=row.outbox_id)  # fmt: skip
+            self.bridge.metrics.failures.labels("qq_rate_limited").inc()
             await self.store.note_outgoing_attempt(row.outbox_id, "QQ: too fast (RES=3)")
             return False  # the refusal arrived after its window: go again
         except errors.NotLoggedIn:

@@ -233,6 +233,17 @@ async def get_outgoing_by_event(db: Database, event_id: str) -> list[OutgoingMes
     return [OutgoingMessage.from_row(row) for row in rows]
 
 
+async def recent_send_times(db: Database, owner_mxid: str, count: int) -> list[int]:
+    """When QQ accepted the user's latest `count` pieces (Unix ms, oldest first): the
+    sender's pacing, rebuilt after a restart so it never earns QQ's penalty."""
+    rows = await db.fetch(
+        "SELECT sent_at FROM outbox WHERE owner_mxid = $1 AND sent_at IS NOT NULL ORDER BY sent_at DESC LIMIT $2",
+        checks.text("owner_mxid", owner_mxid),
+        checks.limit(count),
+    )
+    return sorted(int(row["sent_at"]) for row in rows)
+
+
 async def pending_outgoing(db: Database, owner_mxid: str | None = None, limit: int = 100) -> list[OutgoingMessage]:
     """Parts not yet sent, in the order queued: everyone's, or `owner_mxid`'s."""
     where, values = _pending_where(owner_mxid)

@@ -481,6 +481,9 @@ class Store:
     async def pending_outgoing(self, owner_mxid: str | None = None, limit: int = 100) -> list[OutgoingMessage]:
         return await messages.pending_outgoing(self.db, owner_mxid, limit)
 
+    async def recent_send_times(self, owner_mxid: str, count: int) -> list[int]:
+        return await messages.recent_send_times(self.db, owner_mxid, count)
+
     async def count_pending_outgoing(self, owner_mxid: str | None = None) -> int:
         return await messages.count_pending_outgoing(self.db, owner_mxid)
 

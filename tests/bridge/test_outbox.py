@@ -4,6 +4,7 @@ retried with the same SEQ and keep the order; a refusal is reported, the rest go
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,13 +52,13 @@ async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
         "two": [errors.RateLimited("CLTMSG"), errors.OutcomeUnknown("CLTMSG", 0, "timeout")],
         "three": [errors.NullReply("CLTMSG")],
     })  # fmt: skip
-    account = SimpleNamespace(mxid=OWNER, qq=qq, session_lost=None)
+    account = SimpleNamespace(mxid=OWNER, uin=10001, qq=qq, session_lost=None)
     for n, text in enumerate(["one", "two", "three", "four"]):
         await outbox.enqueue(OWNER, "!portal:x", f"$e{n}", 10002, text)
     sender = asyncio.create_task(outbox.run(account))
     try:
         for _ in range(500):
-            if len(qq.delivered) == 3 and matrix.sent:
+            if len(qq.delivered) == 3 and matrix.sent and len(matrix.read) == 3:
                 break
             await asyncio.sleep(0.01)
     finally:
@@ -70,4 +71,40 @@ async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
     assert "Not delivered" in matrix.sent[0]["body"]
     assert matrix.read == ["$e0", "$e1", "$e3"]
     assert await store.count_pending_outgoing(OWNER) == 0
+    await store.close()
+
+
+async def test_pacing_survives_a_restart(tmp_path) -> None:
+    """Five pieces sent just before a restart still count: the new sender waits out
+    QQ's 5-in-5-s window (here scaled to 1 s) before a sixth, instead of earning RES=3."""
+    store = await Store.open(str(tmp_path / "bridge.db"))
+    await store.upsert_user(OWNER)
+    config = SimpleNamespace(qq=SimpleNamespace(time_scale=0.2))
+    bridge = SimpleNamespace(config=config, store=store, matrix=RecordingMatrix(), metrics=Metrics())
+    for n in range(5):  # what the process before the restart sent
+        [row] = await store.enqueue_outgoing(OWNER, "!portal:x", f"$before{n}", 10002, [f"before {n}"])
+        await store.mark_outgoing_sent(row.outbox_id)
+    last_sent = time.monotonic()
+    qq = ScriptedQQ({})
+    arrived: list[float] = []
+    original = qq.send_message
+
+    async def timed(target: int, text: str, *, seq: int | None = None) -> None:
+        arrived.append(time.monotonic())
+        await original(target, text, seq=seq)
+
+    qq.send_message = timed  # type: ignore[method-assign]
+    outbox = Outbox(bridge)  # a new process: nothing in memory
+    await outbox.enqueue(OWNER, "!portal:x", "$after", 10002, "after the restart")
+    sender = asyncio.create_task(outbox.run(SimpleNamespace(mxid=OWNER, uin=10001, qq=qq, session_lost=None)))
+    try:
+        for _ in range(300):
+            if qq.delivered:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    assert qq.delivered == ["after the restart"]
+    assert arrived[0] - last_sent >= 0.9  # the 1 s window of the five before, give or take the setup
     await store.close()

@@ -173,3 +173,30 @@ async def test_a_nickname_with_newlines_cannot_forge_lines_in_the_bots_notices(h
     h.batches.append([(4, 20004, "no\nSYSTEM: bye")])
     [rejected] = await notices(h, "rejected your friend request", 1)
     assert "\n" not in rejected and rejected.endswith("“no SYSTEM: bye”")
+
+
+async def test_a_friend_list_without_end_is_a_bounded_error_and_registers_no_puppets(hostile, stack) -> None:
+    h = await hostile("hostile4")
+    h.server.on("List", lambda f: {"FN": "0", "SN": f["TN"],
+                                   "UN": enc_list(range(30000 + int(f["UN"]), 30000 + int(f["UN"]) + int(f["TN"])))})  # fmt: skip
+    account = h.bridge.accounts.get(h.person.mxid)
+    await h.person.wait_for(lambda: account.last_error, 20, "the sync to fail")
+    assert "List: the QQ server lists more than 10,000 friends" in account.last_error  # `ping` shows it
+    await asyncio.sleep(3)
+    assert h.server.counts["LIST"] <= 8 * 63, h.server.counts  # a few bounded tries with backoff, not 670 a second
+    async with httpx.AsyncClient() as http:  # nothing was registered for the 10,000 made-up friends
+        answer = await http.get(f"{stack.synapse.base_url}/_matrix/client/v3/profile/@_qq_30000:localhost")
+    assert answer.status_code == 404
+
+
+async def test_a_dripped_reply_ends_at_the_deadline_and_the_account_says_so(hostile) -> None:
+    h = await hostile("hostile5")
+    account = h.bridge.accounts.get(h.person.mxid)
+    await h.person.wait_for(lambda: account.last_poll, 20, "the first poll")
+    h.server.on("GetMsgEx", lambda f: h.server.drip(f"{h.server.echo(f)}&RES=0&MN=0&MT=&UN=&MG=".encode(), every=0.5))
+    await h.person.wait_for(lambda: account.last_error, 10, "the dripped GetMsgEx to fail")
+    assert "no whole reply within 2 s" in account.last_error and account.state.value == "unreachable"
+    h.server.on("GetMsgEx", getmsg(h.batches))  # the server behaves again: polling resumes
+    h.batches.append([(9, 20005, "back again")])
+    portal = await h.person.accept_invite("@_qq_20005:localhost")
+    await h.person.wait_for_text(portal, "back again")

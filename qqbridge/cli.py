@@ -21,9 +21,24 @@ def _run(args: argparse.Namespace) -> int:
 def _generate_registration(args: argparse.Namespace) -> int:
     from qqbridge.registration import generate
 
-    generate(Path(args.config), Path(args.output))
+    notes: list[str] = []
+    generate(Path(args.config), Path(args.output), mode=args.mode, notes=notes)
+    for note in notes:
+        print(f"qqbridge: {note}", file=sys.stderr)
     print(f"wrote {args.output}; the config {args.config} now holds the same tokens")
     return 0
+
+
+def _file_mode(text: str) -> int:
+    """An octal file mode for the registration: read-write for its owner, no more than
+    read for anyone else, never executable."""
+    try:
+        mode = int(text.removeprefix("0o"), 8)
+    except ValueError:
+        mode = -1
+    if mode < 0 or mode & ~0o644 or mode & 0o600 != 0o600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mode from 0600 to 0644 (e.g. 0640)")
+    return mode
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -54,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg = sub.add_parser("generate-registration", help="write the appservice registration for the homeserver")
     reg.add_argument("-c", "--config", required=True, help="the config file; gets the new tokens too")
     reg.add_argument("-o", "--output", default="registration.yaml", help="where to write the registration")
+    reg.add_argument("--mode", type=_file_mode, help="the registration's file mode when the homeserver runs as "
+                     "another user and reads it in place, e.g. 0644 on a volume shared with a Synapse container "
+                     "(default: 0600 for a new file; it holds the tokens)")  # fmt: skip
     reg.set_defaults(handler=_generate_registration)
 
     doctor = sub.add_parser("doctor", help="check the config, registration, homeserver, QQ server and database")

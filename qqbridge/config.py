@@ -140,15 +140,65 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: {key}: {first['msg']}{more}"
 
 
-def load_config(path: str | Path, *, require_tokens: bool = True) -> Config:
-    """Read the YAML file, apply the environment, validate; raise ConfigError naming the key."""
+# A quoted fragment of the file in PyYAML's problem text ("... the tag '!xyz'"): kept when
+# it is one character or one of PyYAML's own token names ('<stream end>'), else hidden.
+_QUOTED = re.compile(r"""(['"])(.*?)\1""")
+_ONE_CHARACTER = re.compile(r"\\?.|\\x[0-9a-f]{2}|\\u[0-9a-f]{4}|\\U[0-9a-f]{8}", re.DOTALL)
+_TOKEN_NAME = re.compile(r"<[a-z ]+>")
+
+
+def describe_yaml_error(exc: yaml.YAMLError, text: str = "") -> str:
+    """Where and what the YAML error is, without any of the file's text.
+
+    PyYAML's own message quotes the offending line (with a caret under it), and in a
+    config that line may hold a token or a password; so this says only the line, the
+    column and the problem, and hides quoted fragments of the source in the problem.
+    """
+
+    def hide(message: str) -> str:
+        def keep_or_hide(match: re.Match[str]) -> str:
+            keep = _ONE_CHARACTER.fullmatch(match[2]) or _TOKEN_NAME.fullmatch(match[2])
+            return match[0] if keep else f"{match[1]}...{match[1]}"
+
+        return _QUOTED.sub(keep_or_hide, message)
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = ""
+        if exc.problem_mark is not None:
+            where = f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}: "
+        problem = hide(exc.problem or exc.context or "cannot parse")
+        if exc.context and exc.problem:
+            context = hide(exc.context)
+            if exc.context_mark is not None:
+                context += f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+            problem += f" ({context})"
+        return where + problem
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
+        return f"line {line}, column {column}: {character} is not allowed in YAML"
+    return type(exc).__name__
+
+
+def load_config(path: str | Path, *, require_tokens: bool = True, text: str | None = None) -> Config:
+    """Read the YAML file, apply the environment, validate; raise ConfigError naming the key.
+
+    `text`: the file's content as it is about to be written (`path` names it in errors).
+    """
     path = Path(path)
     try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8") if text is None else text
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is not valid UTF-8)") from None
+    try:
+        data: Any = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {describe_yaml_error(exc, text)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections")
     try:

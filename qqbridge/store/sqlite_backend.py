@@ -11,7 +11,9 @@ the write lock up front, and wait up to the busy timeout for it.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -29,6 +31,11 @@ log = structlog.get_logger(__name__)
 BUSY_TIMEOUT_SECONDS = 10.0
 
 _UNIQUE_VIOLATIONS = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+
+# The database holds QQ password hashes (enough to log in): its files are for this
+# user only. SQLite creates -wal and -shm (and -journal) with the main file's mode.
+PRIVATE = 0o600
+_FILES = ("", "-wal", "-shm", "-journal")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -54,6 +61,41 @@ async def _enter_wal_mode(conn: aiosqlite.Connection) -> str:
             await asyncio.sleep(0.02)
 
 
+def _keep_private(path: str) -> None:
+    """Create the database file 0600 whatever the umask, before SQLite creates it with
+    the umask's mode; and tighten to 0600 any of its files that others may use."""
+    if path in ("", ":memory:"):
+        return  # in memory, or a temporary file SQLite deletes
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), PRIVATE)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreConnectionError(f"cannot open SQLite database {path}: {e.strerror or e}") from e
+    else:
+        try:
+            os.fchmod(fd, PRIVATE)  # a umask like 0277 would have left it read-only
+        finally:
+            os.close(fd)
+        log.info("created the SQLite database, readable by this user only", path=path, mode=f"{PRIVATE:04o}")
+    for name in (path + suffix for suffix in _FILES):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+        except OSError:
+            continue  # not there (or not ours to see): SQLite says what is wrong, if anything
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(name, PRIVATE)
+        except OSError as e:
+            log.warning("others may read this database file and it cannot be made private; it holds "
+                        "QQ password hashes", file=name, mode=f"{mode:04o}", error=e.strerror,
+                        fix=f"chmod 600 {name}")  # fmt: skip
+        else:
+            log.warning("made a database file private: others could read it, and it holds QQ password hashes",
+                        file=name, old_mode=f"{mode:04o}", mode=f"{PRIVATE:04o}")  # fmt: skip
+
+
 async def _reap_worker(conn: aiosqlite.Connection) -> None:
     """After a failed connect, aiosqlite stops its worker thread without waiting for
     it; the thread then reports to the event loop, and raises in its thread if the
@@ -75,6 +117,7 @@ class SQLiteDatabase(Database):
 
     @classmethod
     async def open(cls, path: str) -> SQLiteDatabase:
+        _keep_private(path)
         # isolation_level=None: no implicit BEGINs; transaction() issues them itself.
         conn = aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
         try:

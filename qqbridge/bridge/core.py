@@ -89,6 +89,8 @@ class Bridge:
         for user in await self.store.list_users():
             if user.login_state == "logged_in" and user.qq_uin and user.password_md5:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
+            if await self.store.count_pending_inbound(user.mxid):
+                self.inbound.wake(user.mxid)  # QQ messages stored before a restart: shown now, QQ up or not
         await self.control.interrupted_logins()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
         self._keep(asyncio.create_task(self._janitor(), name="janitor"))

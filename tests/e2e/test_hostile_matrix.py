@@ -85,7 +85,7 @@ async def test_an_event_nobody_can_use_never_silences_the_bridge(stack, user) ->
 
 
 async def test_a_burst_of_a_thousand_events_from_fifty_rooms_is_all_handled(stack, user) -> None:
-    people = [await user(f"hostile{n}") for n in range(1, 6)]
+    people = [await user(f"hostile{n}") for n in range(11, 16)]
     rooms = [await control_room(person, stack) for person in people]
     events = []
     for i in range(20):
@@ -128,7 +128,7 @@ def stored_texts(stack) -> str:
 
 
 async def test_login_in_a_portal_is_refused_and_a_password_never_reaches_a_contact(stack, bridged, qq) -> None:
-    dan, room = await bridged("hostile6", 10001)
+    dan, room = await bridged("hostile16", 10001)
     bob = await qq(10002)
     await command(dan, room, "open 10002", "Your portal", stack)
     portal = await dan.accept_invite("@_qq_10002:localhost")
@@ -155,7 +155,7 @@ async def test_login_in_a_portal_is_refused_and_a_password_never_reaches_a_conta
 
 
 async def test_a_cancelled_or_failed_login_keeps_the_running_account_across_a_restart(stack, bridged) -> None:
-    erin, room = await bridged("hostile7", 10004)
+    erin, room = await bridged("hostile17", 10004)
     await command(erin, room, "login 10004", "next message", stack)
     await command(erin, room, "cancel", "Login cancelled", stack)
     await command(erin, room, "login 10004", "next message", stack)
@@ -165,7 +165,7 @@ async def test_a_cancelled_or_failed_login_keeps_the_running_account_across_a_re
 
 
 async def test_a_restart_during_a_hung_login_never_takes_the_next_message_for_a_password(stack, user) -> None:
-    frank = await user("hostile8")
+    frank = await user("hostile18")
     room = await control_room(frank, stack)
     await command(frank, room, "login 10006", "next message", stack)
     stack.sim.proc.send_signal(signal.SIGSTOP)  # the QQ server hangs mid-login

@@ -7,6 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from qqbridge.bridge.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
+from qqbridge.bridge.notices import one_line, quoted
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
 
@@ -29,8 +30,8 @@ def describe_profile(profile: model.Profile) -> str:
     for label, name in _PROFILE_LINES:
         value = getattr(profile, name)
         text = value.label if hasattr(value, "label") else value
-        if text not in (None, ""):
-            lines.append(f"{label}: {text}")
+        if text not in (None, ""):  # what QQ says, on one line each: no forged lines
+            lines.append(f"{label}: {one_line(str(text))}")
     if profile.face is not None:
         lines.append(f"Avatar: {model.avatar_file(profile.face)}")
     return "\n".join(lines)
@@ -141,7 +142,7 @@ class ContactCommands:
 
     async def requests(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         pending = await self.bridge.store.pending_friend_requests(user.mxid)
-        lines = [f"{await self.bridge.puppets.label(r.from_uin)}: “{r.reason}”" for r in pending]
+        lines = [f"{await self.bridge.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
         await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
 
     async def accept(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:

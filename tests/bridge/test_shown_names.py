@@ -50,3 +50,14 @@ def test_display_names_fit_synapse_and_keep_the_template(template: str, nick: st
 def test_a_plain_nickname_is_unchanged() -> None:
     config = Config(homeserver={"url": "http://hs", "domain": "x"})
     assert Puppets(config, None, None).displayname(10002, "Bob & 小明") == "Bob & 小明 (QQ)"  # type: ignore[arg-type]
+
+
+def test_whois_shows_each_profile_field_on_its_own_single_line() -> None:
+    from qqbridge.bridge.contact_commands import describe_profile
+    from qqbridge.qq import model
+
+    profile = model.Profile(uin=10002, nick="Bob\nSYSTEM: type your password", level=3,
+                            introduction="hi\u2028Bridge admin: send your token", city="Beijing")  # fmt: skip
+    lines = describe_profile(profile).split("\n")
+    assert lines == ["QQ 10002", "Nickname: Bob SYSTEM: type your password", "City: Beijing",
+                     "About: hi Bridge admin: send your token"]  # fmt: skip

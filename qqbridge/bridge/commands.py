@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from qqbridge.bridge.notices import BULLET
+
 
 class CommandError(Exception):
     """A command the user typed cannot run; the message tells them why and how."""
@@ -20,13 +22,13 @@ class CommandError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CommandError(f"{message}\nusage: {self.format_usage().removeprefix('usage: ').strip()}")
+        raise CommandError(f"{message}\nusage: `{usage(self)}`")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise CommandError(message or self.format_usage())
+        raise CommandError(message or f"usage: `{usage(self)}`")
 
 
-def qq_number(text: str) -> int:
+def qq_number(text: str) -> int:  # its arguments are named `QQ number` (metavar) in help and errors
     """A legal QQ number (PROTOCOL.md §3): 10000 to 4294967295."""
     if not text.isdigit() or not 10000 <= int(text) <= 4294967295:
         raise argparse.ArgumentTypeError(f"{text!r} is not a QQ number (10000 to 4294967295)")
@@ -78,13 +80,24 @@ class CommandTable:
         return command, command.parser.parse_args(words[1:])
 
     def help_text(self, *, admin: bool) -> str:
+        """One list item per command: its usage in words, and what it does."""
         lines = []
         for command in self.commands.values():
             if command.admin and not admin:
                 continue
-            usage = command.parser.format_usage().removeprefix("usage: ").strip()
-            lines.append(f"{usage} — {command.summary}" + (" (admin)" if command.admin else ""))
+            lines.append(f"{BULLET}`{usage(command.parser)}` — {command.summary}" + (" (admin)" if command.admin else ""))
         return "\n".join(lines)
+
+
+def usage(parser: argparse.ArgumentParser) -> str:
+    """`status [online|busy|invisible|offline]`, `reject <QQ number> [reason]`: the
+    command as a person reads it, not argparse's `{a,b}` and `...`."""
+    words = [parser.prog]
+    for action in parser._actions:  # argparse keeps its arguments here, in order
+        name = "|".join(map(str, action.choices)) if action.choices else str(action.metavar or action.dest)
+        optional = action.nargs in ("?", "*", argparse.REMAINDER)
+        words.append(f"[{name}]" if optional else name if action.choices else f"<{name}>")
+    return " ".join(words)
 
 
 def rest_of_line(parser: argparse.ArgumentParser, name: str, help: str) -> None:

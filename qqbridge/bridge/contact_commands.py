@@ -7,7 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from qqbridge.bridge.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
-from qqbridge.bridge.notices import one_line, quoted
+from qqbridge.bridge.notices import BULLET, one_line, quoted
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
 
@@ -40,7 +40,7 @@ def describe_profile(profile: model.Profile) -> str:
 class ContactCommands:
     def __init__(self, bridge: Bridge, table: CommandTable) -> None:
         self.bridge = bridge
-        uin = lambda p: p.add_argument("uin", type=qq_number, help="a QQ number")  # noqa: E731
+        uin = lambda p: p.add_argument("uin", type=qq_number, metavar="QQ number", help="a QQ number")  # noqa: E731
         table.add("friends", "your QQ friends with nickname and status", self.friends, needs_login=True,
                   arguments=lambda p: p.add_argument("online", nargs="?", choices=["online"]))
         table.add("whois", "a QQ account's profile", self.whois, needs_login=True, arguments=uin)
@@ -78,7 +78,7 @@ class ContactCommands:
             else:
                 await self.bridge.puppets.learn_nick(account.qq, uin)
             status = friend.status.name.lower() if friend else "offline"
-            lines.append(f"{await self.bridge.puppets.label(uin)} — {status}")
+            lines.append(f"{BULLET}{await self.bridge.puppets.label(uin)} — {status}")
         empty = "None of your QQ friends is online." if args.online else "Your QQ friend list is empty."
         await reply("\n".join(lines) or empty)
 
@@ -142,7 +142,7 @@ class ContactCommands:
 
     async def requests(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         pending = await self.bridge.store.pending_friend_requests(user.mxid)
-        lines = [f"{await self.bridge.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
+        lines = [f"{BULLET}{await self.bridge.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
         await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
 
     async def accept(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 WELCOME = "Hello! This is your QQ bridge control room. Type `login <QQ number>` to bridge your QQ account."
+ENCRYPTED = ("I cannot read encrypted messages, and this room is encrypted. Start a new direct chat with me "
+             "with encryption turned off (in Element: Start chat → show advanced → disable end-to-end encryption).")  # fmt: skip
 STATUSES = {"online": model.Status.ONLINE, "busy": model.Status.BUSY,
             "invisible": model.Status.INVISIBLE, "offline": model.Status.OFFLINE}  # fmt: skip
 
@@ -48,7 +50,7 @@ class ControlRoom:
         self.table = table = CommandTable()
         table.add("help", "list the commands", self.cmd_help)
         table.add("login", "log into a QQ account (the password is asked next)", self.cmd_login,
-                  arguments=lambda p: p.add_argument("uin", type=qq_number, help="your QQ number"),
+                  arguments=lambda p: p.add_argument("uin", type=qq_number, metavar="QQ number", help="your QQ number"),
                   control_room_only=True)
         table.add("logout", "log the QQ account out and stop bridging it", self.cmd_logout, needs_login=True)
         table.add("ping", "the QQ session's state, last poll and queues", self.cmd_ping)
@@ -58,7 +60,7 @@ class ControlRoom:
         table.add("accounts", "every bridged account and its state", self.cmd_accounts, admin=True)
         table.add("doctor", "check the homeserver, QQ server, database and permissions", self.cmd_doctor, admin=True)
         table.add("logout-user", "force a user's QQ account out", self.cmd_logout_user, admin=True,
-                  arguments=lambda p: p.add_argument("mxid", help="the Matrix ID"))  # fmt: skip
+                  arguments=lambda p: p.add_argument("mxid", metavar="Matrix ID", help="the Matrix ID"))  # fmt: skip
         ContactCommands(bridge, table)
 
     # ---- room membership ---------------------------------------------------------------
@@ -73,8 +75,17 @@ class ControlRoom:
                         "add you to `permissions` in the bridge's config.")  # fmt: skip
             await matrix.leave(room_id)
             return
+        before = await self.store.get_user(inviter)
         await self.store.set_control_room(inviter, room_id)
         await reply(WELCOME + "\n\n" + self.table.help_text(admin=self.bridge.permissions.is_admin(inviter)))
+        old_room = before.control_room_id if before is not None else None
+        if old_room and old_room != room_id:  # a second direct chat with the bot takes over, and the first says so
+            try:
+                await self.bridge.notice(old_room, "This is no longer your control room: the direct chat you opened "
+                                         "with me since then is. Give your commands there.", txn_id=txn_for("moved", event_id))  # fmt: skip
+            except MatrixError as exc:
+                log.info("could not tell the old control room it moved", room_id=old_room, error=str(exc))
+
 
     async def member_left(self, room_id: str, mxid: str) -> None:
         user = await self.store.get_user_by_control_room(room_id)
@@ -89,9 +100,10 @@ class ControlRoom:
 
     async def message(self, room_id: str, sender: str, event_id: str, content: dict[str, Any]) -> None:
         user = await self.store.get_user_by_control_room(room_id)
-        if user is None:
-            return  # not a control room: portals come with the bridging issue
         reply = Reply(self.bridge, room_id, event_id)
+        if user is None:
+            await self._not_a_control_room(room_id, sender, reply)
+            return
         if sender != user.mxid:
             await reply(f"Only {user.mxid} can give commands in this room.")
             return
@@ -108,6 +120,25 @@ class ControlRoom:
             await self._password(user, room_id, event_id, body, reply)
             return
         await self.run_command(user, room_id, event_id, body)
+
+    async def _not_a_control_room(self, room_id: str, sender: str, reply: Reply) -> None:
+        """A message in a room the bot is in that is neither a portal nor a control room
+        (a control room since replaced, a room the bot was left in): answered, never
+        dropped silently, for anyone allowed to use the bridge."""
+        if not self.bridge.permissions.may_use(sender):
+            return  # users without permission get nothing
+        user = await self.store.get_user(sender)
+        if user is not None and user.control_room_id:
+            await reply("This is not your control room; your commands go to the direct chat with me where I "
+                        "last welcomed you.")  # fmt: skip
+        else:
+            await reply("This room is not a control room. Start a direct chat with me to get one.")
+
+    async def encrypted(self, room_id: str, sender: str, event_id: str) -> None:
+        """An encrypted message in a room the bot cannot read: say so, and how to fix it."""
+        if not self.bridge.permissions.may_use(sender):
+            return
+        await Reply(self.bridge, room_id, event_id)(ENCRYPTED)
 
     async def run_command(self, user: Any, room_id: str, event_id: str, body: str, *, in_portal: bool = False) -> None:
         """A command typed in the control room, or after `!qq` in a portal."""
@@ -179,7 +210,8 @@ class ControlRoom:
             await reply(f"QQ {uin} was bridged for another Matrix user meanwhile; nothing was stored.")
             return
         await self.bridge.accounts.begin(account)
-        await reply(f"Logged into QQ as {uin}. Your QQ messages will now reach you here.")
+        await reply(f"Logged into QQ as {uin}. Each QQ contact who writes to you gets a direct chat of their own "
+                    "(a portal), where you answer them; type `open <QQ number>` to start one, `friends` for your list.")  # fmt: skip
 
     async def interrupted_logins(self) -> None:
         """At start-up: a login that was being tried when the bridge stopped is told

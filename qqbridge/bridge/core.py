@@ -22,7 +22,8 @@ from typing import Any
 import structlog
 
 from qqbridge.bridge.accounts import Accounts, AccountState, QQAccount
-from qqbridge.bridge.control_room import ControlRoom
+from qqbridge.bridge.commands import CommandError
+from qqbridge.bridge.control_room import ENCRYPTED, ControlRoom
 from qqbridge.bridge.friend_requests import FriendRequests
 from qqbridge.bridge.inbound import Inbound
 from qqbridge.bridge.matrix_to_qq import outgoing_text
@@ -221,12 +222,16 @@ class Bridge:
             await self.portal_event(portal, event, content)
         elif event.type == "m.room.message":
             await self.control.message(event.room_id, event.sender, event.event_id, content)
+        elif event.type == "m.room.encrypted":
+            await self.control.encrypted(event.room_id, event.sender, event.event_id)
         elif event.type == "m.reaction":
             relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
             if relates.get("rel_type") == "m.annotation" and isinstance(relates.get("key"), str):
-                outcome = await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"])
-                if outcome:
-                    await self.notice(event.room_id, outcome, txn_id=txn_for("reaction", event.event_id))
+                try:  # the answered prompt shows the outcome itself (edited in place)
+                    await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"])
+                except CommandError as exc:
+                    await self.notice(event.room_id, str(exc), txn_id=txn_for("reaction", event.event_id),
+                                      reply_to=event.event_id)  # fmt: skip
 
     async def portal_event(self, portal: Any, event: Any, content: dict[str, Any]) -> None:
         """Matrix → QQ: only the portal's owner is relayed."""
@@ -237,6 +242,14 @@ class Bridge:
         if event.type == "m.room.redaction":
             await self.notice(room, f"QQ cannot unsend messages: {contact} keeps what was sent.",
                               txn_id=txn_for("redaction", cause))  # fmt: skip
+            return
+        if event.type == "m.reaction":
+            await self.notice(room, f"QQ has no reactions: {contact} did not see this one.",
+                              txn_id=txn_for("reaction", cause), reply_to=cause)  # fmt: skip
+            return
+        if event.type == "m.room.encrypted":
+            await self.notice(room, ENCRYPTED + f" This message was not sent to {contact}.",
+                              txn_id=txn_for("encrypted", cause), reply_to=cause)  # fmt: skip
             return
         body = content.get("body")
         if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
@@ -304,17 +317,20 @@ class Bridge:
 
     # ---- talking to users --------------------------------------------------------------
 
-    async def notice(self, room_id: str, text: str, *, txn_id: str | None = None, reply_to: str | None = None) -> str:
-        content = notice_content(text, reply_to=reply_to)
+    async def notice(
+        self, room_id: str, text: str, *, txn_id: str | None = None, reply_to: str | None = None, notify: bool = False
+    ) -> str:
+        """The bot says `text`; `notify` when it needs the person's answer (notices.notice_content)."""
+        content = notice_content(text, reply_to=reply_to, notify=notify)
         return await self.matrix.send(room_id, content, txn_id=txn_id or txn_for("notice", uuid.uuid4()))
 
-    async def tell_user(self, mxid: str, text: str) -> None:
+    async def tell_user(self, mxid: str, text: str, *, notify: bool = False) -> None:
         """A notice in the user's control room; logged if they have none."""
-        await self.notice_user(mxid, text, txn_id=txn_for("tell", uuid.uuid4()))
+        await self.notice_user(mxid, text, txn_id=txn_for("tell", uuid.uuid4()), notify=notify)
 
-    async def notice_user(self, mxid: str, text: str, *, txn_id: str) -> str | None:
+    async def notice_user(self, mxid: str, text: str, *, txn_id: str, notify: bool = False) -> str | None:
         user = await self.store.get_user(mxid)
         if user is None or not user.control_room_id:
             log.warning("no control room to tell", mxid=mxid, text=text)
             return None
-        return await self.notice(user.control_room_id, text, txn_id=txn_id)
+        return await self.notice(user.control_room_id, text, txn_id=txn_id, notify=notify)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from qqbridge.bridge.commands import CommandError
-from qqbridge.bridge.notices import quoted, txn_for
+from qqbridge.bridge.notices import notice_content, quoted, txn_for
+from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors
 
 if TYPE_CHECKING:
@@ -52,11 +53,16 @@ class FriendRequests:
             return None
         room = user.control_room_id
         label = await self.bridge.puppets.label(uin)
-        event_id = await self.bridge.notice(room, self._prompt_text(label, uin, reason), txn_id=txn_for("prompt", cause))
+        # It needs an answer, so it notifies (m.text raises the room's notification count).
+        text = self._prompt_text(label, uin, reason)
+        event_id = await self.bridge.notice(room, text, txn_id=txn_for("prompt", cause), notify=True)
         await self.store.set_friend_request_prompt(owner, uin, room, event_id)
+        offers = []
         for key in (ACCEPT, REJECT):  # one click answers
             annotation = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
-            await self.bridge.matrix.send(room, annotation, event_type="m.reaction", txn_id=txn_for("offer", event_id, key))
+            offers.append(await self.bridge.matrix.send(room, annotation, event_type="m.reaction",
+                                                        txn_id=txn_for("offer", event_id, key)))  # fmt: skip
+        await self.store.set_state(_offers_key(event_id), " ".join(offers))
         return event_id
 
     async def answer(self, owner: str, uin: int, accept: bool, reason: str = "") -> str:
@@ -84,16 +90,26 @@ class FriendRequests:
             outcome = f"{REJECT} Rejected" + (f": {reason}" if reason else ".")
         if request.prompt_room_id and request.prompt_event_id:
             await self._edit_prompt(request, self._prompt_text(label, uin, request.reason, outcome))
+            await self._withdraw_offers(request.prompt_room_id, request.prompt_event_id)
         return outcome
 
     async def _edit_prompt(self, request: object, text: str) -> None:
+        """The prompt now shows its outcome, edited in place (no second message)."""
         room, event_id = request.prompt_room_id, request.prompt_event_id  # type: ignore[attr-defined]
-        content = {
-            "msgtype": "m.notice", "body": f"* {text}", "m.mentions": {},
-            "m.new_content": {"msgtype": "m.notice", "body": text, "m.mentions": {}},
-            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
-        }  # fmt: skip
+        new = notice_content(text)
+        content = {**notice_content(f"* {text}"), "m.new_content": new,
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": event_id}}  # fmt: skip
         await self.bridge.matrix.send(room, content, txn_id=txn_for("outcome", event_id, text))
+
+    async def _withdraw_offers(self, room: str, prompt_event_id: str) -> None:
+        """The bot's own ✅/❌ go once the request is answered: nothing left to click."""
+        key = _offers_key(prompt_event_id)
+        for offer in (await self.store.get_state(key) or "").split():
+            try:
+                await self.bridge.matrix.redact(room, offer, txn_id=txn_for("withdraw", offer), reason="answered")
+            except MatrixError as exc:
+                log.info("could not withdraw a reaction offer", event_id=offer, error=str(exc))
+        await self.store.set_state(key, None)
 
     async def reacted(self, owner: str, prompt_event_id: str, key: str) -> str | None:
         """A reaction on a prompt: the outcome text, or None if it was not an answer."""
@@ -102,3 +118,7 @@ class FriendRequests:
         if answer is None or request is None or request.owner_mxid != owner or request.state != "pending":
             return None
         return await self.answer(owner, request.from_uin, answer)
+
+
+def _offers_key(prompt_event_id: str) -> str:
+    return f"offers:{prompt_event_id}"

@@ -12,6 +12,7 @@ overrides, zero-width characters), clipped to a bounded length.
 from __future__ import annotations
 
 import hashlib
+import html
 import unicodedata
 from typing import Any
 
@@ -31,13 +32,50 @@ def txn_for(*parts: object) -> str:
     return "qqb" + hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def notice_content(text: str, *, reply_to: str | None = None) -> dict[str, Any]:
-    """An m.notice, optionally as a reply to the event it is about. It mentions no one
-    (`m.mentions: {}`), so a QQ text quoted in it cannot ping the room."""
-    content: dict[str, Any] = {"msgtype": "m.notice", "body": text, "m.mentions": {}}
+def notice_content(text: str, *, reply_to: str | None = None, notify: bool = False) -> dict[str, Any]:
+    """What the bot says: the plain `body` and its HTML rendering (`to_html`),
+    optionally as a reply to the event it is about. It mentions no one (`m.mentions:
+    {}`), so a QQ text quoted in it cannot ping the room.
+
+    An `m.notice` never raises the room's notification count under the default push
+    rules; what needs the person's answer (a friend request, a stopped login) is sent
+    with `notify=True`, as `m.text`, which does in a direct chat."""
+    content: dict[str, Any] = {
+        "msgtype": "m.text" if notify else "m.notice", "body": text, "m.mentions": {},
+        "format": "org.matrix.custom.html", "formatted_body": to_html(text),
+    }  # fmt: skip
     if reply_to is not None:
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
     return content
+
+
+def to_html(text: str) -> str:
+    """The bot's plain text as HTML: everything escaped first (QQ texts quoted in it
+    stay text), then `code` in backticks as <code>, runs of lines that start with
+    "• " as a list, and the other line breaks as <br>."""
+    blocks: list[str] = []
+    items: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith(BULLET):
+            items.append(f"<li>{_inline_html(line.removeprefix(BULLET))}</li>")
+            continue
+        if items:
+            blocks.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        blocks.append(_inline_html(line) + "<br>")
+    if items:
+        blocks.append("<ul>" + "".join(items) + "</ul>")
+    return "".join(blocks).removesuffix("<br>")
+
+
+def _inline_html(line: str) -> str:
+    parts = html.escape(line, quote=False).split("`")
+    if len(parts) % 2 == 0:  # an odd number of backticks: the last one is just a character
+        parts[-2:] = ["`".join(parts[-2:])]
+    return "".join(f"<code>{part}</code>" if n % 2 else part for n, part in enumerate(parts))
+
+
+BULLET = "• "  # a line that starts so is an item of a list in the HTML rendering
 
 
 def one_line(text: str, limit: int = TEXT_LIMIT) -> str:

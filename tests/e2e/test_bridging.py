@@ -168,7 +168,7 @@ async def test_contact_commands(stack, bridged, qq) -> None:
     await command(dan, room, "sync", "Synced:", stack)
     await command(dan, room, "open 10003", "Your portal with", stack)
     await command(dan, room, "add 55555", "not an account", stack)
-    await command(dan, room, "whois", "usage: whois", stack)
+    await command(dan, room, "whois", "usage: `whois <QQ number>`", stack)
 
 
 async def test_leaving_a_portal_closes_it_and_the_next_message_opens_a_new_one(stack, bridged, qq) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from qqbridge.qq import QQClient, model, password_md5
 from tests.e2e.harness import room_event
 
-HELP_LINE = "login uin"
+HELP_LINE = "login <QQ number>"
 
 
 async def control_room(person, stack) -> str:
@@ -78,12 +78,12 @@ async def test_a_user_without_permission_is_refused_and_nothing_is_stored(stack,
 async def test_malformed_commands_answer_with_usage_and_change_nothing(stack, user) -> None:
     bob = await user("bob")
     room = await control_room(bob, stack)
-    assert "usage: login" in await command(bob, room, "login abc", "not a QQ number", stack)
+    assert "usage: `login <QQ number>`" in await command(bob, room, "login abc", "not a QQ number", stack)
     await command(bob, room, "login 99", "not a QQ number", stack)
     await command(bob, room, "frobnicate", "unknown command", stack)
     await command(bob, room, "accounts", "admins only", stack)
     await command(bob, room, "status", "needs a QQ login", stack)
-    assert "usage: status" in await command(bob, room, "status sleepy", "invalid choice", stack)
+    assert "usage: `status [online|busy|invisible|offline]`" in await command(bob, room, "status sleepy", "invalid choice", stack)
     await command(bob, room, "ping", "not logged in", stack)  # nothing above started a login
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import yaml
 
-from qqbridge.config import Config
+from qqbridge.config import Config, describe_yaml_error
 from qqbridge.qq import QQClient, errors
 
 SAMPLE_UIN = 10000  # a legal QQ number; Logout for it changes nothing anywhere
@@ -41,11 +41,22 @@ class Finding:
 
 
 def check_registration(config: Config, path: Path) -> list[Finding]:
+    # PyYAML's own message quotes the offending line, which may hold a token: only
+    # where and what the error is goes into the finding.
+    regenerate = "run `qqbridge generate-registration -c CONFIG -o REGISTRATION`"
     try:
-        registration = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        return [Finding("registration", False, f"cannot read {path}: {exc}",
-                        "run `qqbridge generate-registration -c CONFIG -o REGISTRATION`")]  # fmt: skip
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return [Finding("registration", False, f"cannot read {path}: {exc.strerror or type(exc).__name__}", regenerate)]
+    except UnicodeDecodeError as exc:
+        return [Finding("registration", False, f"{path} is not UTF-8 text (byte {exc.start})", regenerate)]
+    try:
+        registration = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [Finding("registration", False, f"{path} is not valid YAML: {describe_yaml_error(exc, text)}",
+                        regenerate)]  # fmt: skip
+    except RecursionError:
+        return [Finding("registration", False, f"{path} is not valid YAML: nested too deeply", regenerate)]
     if not isinstance(registration, dict):
         return [Finding("registration", False, f"{path} is not a registration", "generate it again")]
     findings = []

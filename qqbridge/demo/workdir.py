@@ -83,8 +83,12 @@ def write_config(workdir: Path, **settings: Any) -> Path:
         except (yaml.YAMLError, AttributeError):
             tokens = {}  # unreadable: new tokens, and a new registration, will follow
     config = bridge_config(workdir, tokens=tokens, **settings)
-    path.write_text(_HEADER + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    path.chmod(0o600)  # it holds the tokens
+    # It holds the tokens: created 0600 (whatever the umask), and an older file made
+    # 0600 before the tokens go in, so that others can never read them, not for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(_HEADER + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
 
 

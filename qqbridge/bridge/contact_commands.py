@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from qqbridge.bridge.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
 from qqbridge.bridge.notices import BULLET, one_line, quoted
-from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ class ContactCommands:
             if args.online and friend is None:
                 continue
             if friend is not None:
-                await self.bridge.puppets.ensure(uin, friend.nick)
+                await self.bridge.puppets.ensure(uin, friend.nick, face=friend.face)
             else:
                 await self.bridge.puppets.learn_nick(account.qq, uin)
             status = friend.status.name.lower() if friend else "offline"
@@ -94,7 +93,7 @@ class ContactCommands:
             raise CommandError(f"QQ says {uin} is not an account it knows.") from None
         except errors.QQError as exc:
             raise CommandError(f"QQ did not answer: {exc}") from None
-        await self.bridge.puppets.ensure(uin, profile.nick)
+        await self.bridge.puppets.ensure(uin, profile.nick, face=profile.face)
         return profile
 
     async def add(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
@@ -146,19 +145,17 @@ class ContactCommands:
         await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
 
     async def accept(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
-        await reply(await self.bridge.friend_requests.answer(user.mxid, args.uin, True))
+        outcome = await self.bridge.friend_requests.answer(user.mxid, args.uin, True)
+        await self.bridge.puppets.befriended(self._account(user).qq, args.uin)  # their presence, at once
+        await reply(outcome)
 
     async def reject(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         await reply(await self.bridge.friend_requests.answer(user.mxid, args.uin, False, joined(args.reason)))
 
     async def open(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
-        await self._profile(account, args.uin, level=0)  # a number QQ does not know gets no portal
-        room_id = await self.bridge.portals.room_for(user.mxid, args.uin, stranger=args.uin not in account.friends)
-        try:  # someone who left the portal is asked back in
-            await self.bridge.matrix.invite(room_id, user.mxid, user_id=self.bridge.puppets.mxid(args.uin))
-        except MatrixError:
-            pass  # already in the room, or invited
+        await self._profile(account, args.uin, level=2)  # a number QQ does not know gets no portal
+        room_id = await self.bridge.portals.open(user.mxid, args.uin, stranger=args.uin not in account.friends)
         await reply(f"Your portal with {await self.bridge.puppets.label(args.uin)}: "
                     f"https://matrix.to/#/{room_id}")  # fmt: skip
 

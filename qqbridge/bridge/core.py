@@ -32,6 +32,7 @@ from qqbridge.bridge.outbox import Outbox
 from qqbridge.bridge.permissions import Permissions
 from qqbridge.bridge.portals import Portals
 from qqbridge.bridge.ports import Matrix, QQFactory
+from qqbridge.bridge.presence import friend_of_a_running_account
 from qqbridge.bridge.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
@@ -64,7 +65,7 @@ class Bridge:
         self.store = store
         self.matrix = matrix
         self.permissions = Permissions(config.permissions)
-        self.puppets = Puppets(config, store, matrix)
+        self.puppets = Puppets(config, store, matrix, watched=self._watched)
         self.portals = Portals(store, matrix, self.puppets)
         self.inbound = Inbound(self)
         self.outbox = Outbox(self)
@@ -95,6 +96,8 @@ class Bridge:
         await self.control.interrupted_logins()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
         self._keep(asyncio.create_task(self._janitor(), name="janitor"))
+        self._keep(asyncio.create_task(self.puppets.presence.run(), name="presence"))
+        self._keep(asyncio.create_task(self.puppets.avatars.show_bot(self.config.bot_mxid), name="bot avatar"))
         self.wake()  # events stored before a restart are handled now
         self.started = True
 
@@ -228,10 +231,21 @@ class Bridge:
             relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
             if relates.get("rel_type") == "m.annotation" and isinstance(relates.get("key"), str):
                 try:  # the answered prompt shows the outcome itself (edited in place)
-                    await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"])
+                    if await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"]):
+                        await self._answered_by_reaction(event.sender, str(relates.get("event_id")))
                 except CommandError as exc:
                     await self.notice(event.room_id, str(exc), txn_id=txn_for("reaction", event.event_id),
                                       reply_to=event.event_id)  # fmt: skip
+
+    def _watched(self, uin: int) -> bool:
+        return friend_of_a_running_account(self.accounts, uin)
+
+    async def _answered_by_reaction(self, owner: str, prompt_event_id: str) -> None:
+        """A friend request accepted with ✅: the new friend's presence, at once."""
+        request = await self.store.get_friend_request_by_prompt(prompt_event_id)
+        account = self.accounts.get(owner)
+        if request is not None and request.state == "accepted" and account is not None:
+            await self.puppets.befriended(account.qq, request.from_uin)
 
     async def portal_event(self, portal: Any, event: Any, content: dict[str, Any]) -> None:
         """Matrix → QQ: only the portal's owner is relayed."""
@@ -304,9 +318,9 @@ class Bridge:
         friends = await account.qq.friends()
         online = await account.qq.online_friends()
         account.friends = set(friends)
-        for friend in online:
-            await self.puppets.ensure(friend.uin, friend.nick)
-            await self.puppets.set_presence(friend.uin, friend.status)
+        for friend in online:  # said again even if the store saw no change: it may have lapsed
+            await self.puppets.ensure(friend.uin, friend.nick, face=friend.face)
+            await self.puppets.set_presence(friend.uin, friend.status, force=True)
         online_uins = {friend.uin for friend in online}
         for uin in friends:
             if uin not in online_uins:

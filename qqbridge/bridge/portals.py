@@ -4,6 +4,11 @@ bot creates the room (named after the contact), the puppet joins and invites the
 as to a direct chat; the bot stays for `!qq` commands. A stranger's portal says so in
 its topic and in a first notice.
 
+The owner is invited once, always with `is_direct: true`: a second invite replaces the
+first, and one without `is_direct` makes clients list the portal outside their direct
+chats. So `open` on a portal the owner is in, or invited to, invites no one; only an
+owner who is neither (left, or turned the invite down, unnoticed) is invited back.
+
 The puppet holds only the power it needs (PUPPET_POWER: messages, inviting, the room's
 name and avatar), never enough to notify the whole room (`@room` takes 100, which only
 the owner has). That is why the bot creates the room: in room version 12 a room's
@@ -14,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
 from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.ports import Matrix
 from qqbridge.bridge.puppets import Puppets
+from qqbridge.matrix.api import MatrixError
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +51,40 @@ class Portals:
             await self.store.set_portal_room(owner, uin, room_id)
             return room_id
 
+    async def open(self, owner: str, uin: int, *, stranger: bool) -> str:
+        """`open <uin>`: the portal's room, created if need be, with the owner in it or
+        invited (once, as to a direct chat)."""
+        room_id = await self.room_for(owner, uin, stranger=stranger)
+        puppet = self.puppets.mxid(uin)
+        membership = await self._membership(room_id, owner, puppet)
+        if membership not in ("invite", "join"):
+            try:
+                await self._invite_owner(room_id, owner, puppet)
+            except MatrixError as exc:  # banned, or the puppet is gone: the link still says where
+                log.warning("could not invite the owner back to a portal", room_id=room_id, owner=owner,
+                            membership=membership, error=str(exc))  # fmt: skip
+        return room_id
+
+    async def _membership(self, room_id: str, user: str, puppet: str) -> str | None:
+        """The user's membership in the room as the puppet sees it (None: none yet, or unknown)."""
+        path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/m.room.member/{quote(user, safe='')}"
+        try:
+            request = self.matrix.request  # type: ignore[attr-defined]
+            answer = await request("GET", path, user_id=puppet, what=f"membership in {room_id}")
+        except MatrixError as exc:
+            if exc.status != 404:
+                log.info("could not read a portal member", room_id=room_id, user=user, error=str(exc))
+            return None
+        membership = answer.get("membership")
+        return membership if isinstance(membership, str) else None
+
+    async def _invite_owner(self, room_id: str, owner: str, puppet: str) -> None:
+        """The puppet invites the owner, marking the invite direct (an m.room.member
+        event of our own: the plain invite API has no `is_direct`)."""
+        await self.matrix.put_state(
+            room_id, "m.room.member", {"membership": "invite", "is_direct": True}, owner, user_id=puppet
+        )
+
     async def _create(self, owner: str, uin: int, stranger: bool) -> str:
         puppet = await self.puppets.ensure(uin)
         nick = await self.puppets.nick(uin)
@@ -62,10 +103,7 @@ class Portals:
             },
         )
         await self.matrix.join(room_id, user_id=puppet)
-        # A direct chat with the contact: the puppet invites, marking the invite direct.
-        await self.matrix.put_state(
-            room_id, "m.room.member", {"membership": "invite", "is_direct": True}, owner, user_id=puppet
-        )
+        await self._invite_owner(room_id, owner, puppet)  # a direct chat with the contact
         if stranger:
             label = await self.puppets.label(uin)
             text = f"{label} is not in your QQ friend list. Type `!qq add {uin}` to add them."

@@ -1,8 +1,11 @@
 """Puppets: each QQ account the bridge meets is a Matrix user `@_qq_<uin>:<domain>`,
 named after its QQ nickname (template `{nick} (QQ)`), its presence following QQ.
 
-The store remembers the display name and presence last set on Matrix, so both are
-set only when they change, and a restart does not repeat them.
+The store remembers the display name and presence last set on Matrix, so a name is
+set only when it changes and a restart does not repeat it. Presence is said again
+while it is true (presence.PresenceKeeper: a homeserver lets an online puppet lapse to
+offline within a minute), and at every login sync and `sync` whatever the store says.
+A puppet's picture follows its QQ face (avatars.Avatars).
 
 A nickname is whatever the QQ server says, so it is shown tamed: on one line, without
 control characters, and short enough for the homeserver (Synapse refuses display
@@ -12,12 +15,15 @@ the homeserver refuses anyway is logged and passed over: it never blocks the rel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from qqbridge.bridge.avatars import Avatars, HomeserverMedia, Media
 from qqbridge.bridge.notices import clip, one_line, shown_name
 from qqbridge.bridge.ports import Matrix
+from qqbridge.bridge.presence import PresenceKeeper
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
@@ -31,8 +37,23 @@ MAX_NICK = 1024  # characters of a nickname kept in the store
 
 
 class Puppets:
-    def __init__(self, config: Config, store: Any, matrix: Matrix) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Any,
+        matrix: Matrix,
+        *,
+        watched: Callable[[int], bool] = lambda uin: True,
+        media: Media | None = None,
+    ) -> None:
+        """`watched(uin)`: whether a running account still learns that puppet's QQ status
+        (presence.friend_of_a_running_account); `media`: where pictures go (by default
+        the homeserver's media repository, when `matrix` is a real HomeserverAPI)."""
         self.config, self.store, self.matrix = config, store, matrix
+        self.presence = PresenceKeeper(self._put_presence, watched=watched)
+        if media is None and hasattr(matrix, "request"):
+            media = HomeserverMedia(matrix, config.homeserver.url, config.appservice.as_token)
+        self.avatars = Avatars(store, media)
 
     def mxid(self, uin: int) -> str:
         return self.config.puppet_mxid(uin)
@@ -56,8 +77,9 @@ class Puppets:
         nick = await self.nick(uin)
         return f"{shown_name(nick)} ({uin})" if nick else str(uin)
 
-    async def ensure(self, uin: int, nick: str | None = None) -> str:
-        """Register the puppet if needed and bring its display name up to date."""
+    async def ensure(self, uin: int, nick: str | None = None, *, face: int | None = None) -> str:
+        """Register the puppet if needed and bring its display name (and, given its QQ
+        face, its picture) up to date."""
         if not model.legal_uin(uin):
             raise errors.LocalProtocolError(f"{uin} is not a QQ number: no puppet for it")
         mxid = self.mxid(uin)
@@ -70,6 +92,8 @@ class Puppets:
             if puppet is None or puppet.displayname != wanted:
                 await self._set_displayname(mxid, wanted)
             await self.store.upsert_puppet(uin, nick=known_nick, displayname=wanted)
+        if face is not None:
+            await self.avatars.show_face(mxid, face)
         return mxid
 
     async def _set_displayname(self, mxid: str, name: str) -> None:
@@ -84,22 +108,45 @@ class Puppets:
 
     async def learn_nick(self, qq: Any, uin: int) -> None:
         """A contact whose nickname the bridge does not know yet: ask QQ (GetInfo,
-        simple), best effort; the display name follows."""
+        normal: the nickname and the face), best effort; the display name and the
+        picture follow."""
         if await self.nick(uin) is not None:
             return
         try:
-            profile = await qq.profile(uin, level=0)
+            profile = await qq.profile(uin, level=2)
         except errors.QQError as exc:
             log.info("no nickname from QQ", uin=uin, error=str(exc))
             return
-        await self.ensure(uin, profile.nick)
+        await self.ensure(uin, profile.nick, face=profile.face)
 
-    async def set_presence(self, uin: int, status: model.Status) -> None:
-        """Mirror a QQ status as Matrix presence, only when it changed."""
+    async def set_presence(self, uin: int, status: model.Status, *, force: bool = False) -> None:
+        """Mirror a QQ status as Matrix presence. Said when it changed, when it may have
+        lapsed on the homeserver (online or busy, and not said within the keeper's
+        interval), or when `force`d (the login sync and `sync`: the store may think
+        nothing changed while the homeserver has moved on)."""
         status = model.Status.OFFLINE if status is model.Status.INVISIBLE else status
+        presence = PRESENCE[status]
         puppet = await self.store.get_puppet(uin)
-        if puppet is not None and puppet.presence == int(status):
+        unchanged = puppet is not None and puppet.presence == int(status)
+        if unchanged and not force and (status is model.Status.OFFLINE or self.presence.fresh(uin, presence)):
             return
-        mxid = await self.ensure(uin)
-        await self.matrix.set_presence(mxid, PRESENCE[status])
-        await self.store.upsert_puppet(uin, presence=int(status))
+        await self.ensure(uin)
+        await self.presence.say(uin, presence)
+        if not unchanged:
+            await self.store.upsert_puppet(uin, presence=int(status))
+
+    async def _put_presence(self, uin: int, presence: str) -> None:
+        await self.matrix.set_presence(self.mxid(uin), presence)
+
+    async def befriended(self, qq: Any, uin: int) -> None:
+        """A new QQ friend (a request accepted either way): QQ tells its status changes
+        from now on, but not the status it has now, so ask (Query_Stat) and show it."""
+        try:
+            online = {friend.uin: friend for friend in await qq.online_friends()}
+        except errors.QQError as exc:
+            log.info("no status from QQ for a new friend; the next sync shows it", uin=uin, error=str(exc))
+            return
+        friend = online.get(uin)
+        if friend is not None:
+            await self.ensure(uin, friend.nick, face=friend.face)
+        await self.set_presence(uin, friend.status if friend is not None else model.Status.OFFLINE, force=True)

@@ -12,6 +12,16 @@ own PresenceKeeper (qqbridge/bridge/presence.py) against it for --seconds and re
 - how many puppets read online at the end (GET /presence, as each puppet).
 
     .venv/bin/python bench/presence_refresh.py [--puppets 1000] [--seconds 60] [--interval 20]
+
+Measured on the 2-core development machine (Synapse 1.163, SQLite; other work running):
+
+    puppets online   PUT/s (busiest s)   keeper CPU   Synapse CPU (idle)   longest unsaid   online at end
+         250          12.5 (18)            2.1%         3.6% (2.1%)          20.2 s          250 / 250
+       1,000          50.1 (69)            4.3%        10.9% (3.3%)          20.2 s        1,000 / 1,000
+
+The cost grows linearly with the friends who are online or busy (offline ones cost
+nothing): 0.05 requests a second each, about 0.004% of a core in the bridge and 0.008%
+in Synapse. The login sync sets 1,000 online puppets in about 10 s, one after another.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import asyncio
 import heapq
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,11 +103,6 @@ class PresenceKeeper:
                 self._entries[uin] = _Entry(presence, due, now)
                 heapq.heappush(self._heap, (due, uin))
                 self._wake.set()
-
-    def forget(self, uins: Iterable[int]) -> None:
-        """Stop refreshing these puppets (their presence lapses on the homeserver)."""
-        for uin in uins:
-            self._entries.pop(uin, None)
 
     def tick(self) -> float | None:
         """Start every refresh that is due; the time the next one falls due (None: none)."""

@@ -14,6 +14,7 @@ that deploy/docker names are made from Debian's packages and tagged with those n
 Each is made once per machine and then found in podman's store (a stand-in is rebuilt
 when its files change). `python -m tests.deploy.podman standins` makes them all (CI does,
 in .ci/run); the tests make what is missing themselves, or skip saying why.
+`python -m tests.deploy.podman prune` drops build layers older than a day that no tag uses.
 
 Podman's defaults fail on these machines (no rlimit changes, no cgroup v2, no systemd),
 so every call goes through `podman()`, with a containers.conf for runc and cgroupfs.
@@ -242,14 +243,23 @@ def build_bridge_image(tag: str, workdir: Path) -> tuple[str, float]:
     return iidfile.read_text().strip(), time.monotonic() - started
 
 
+def prune() -> None:
+    """Forget build layers no tag uses any more, older than a day (newer ones stay as cache)."""
+    with locked("base"), locked("postgres"), locked("synapse"):
+        podman("image", "prune", "-f", "--filter", "until=24h", timeout=600)
+
+
 def main(argv: list[str]) -> int:
-    if argv != ["standins"]:
-        print("usage: python -m tests.deploy.podman standins", file=sys.stderr)
+    if argv not in (["standins"], ["prune"]):
+        print("usage: python -m tests.deploy.podman standins|prune", file=sys.stderr)
         return 2
     reason = why_unavailable()
     if reason:
-        print(f"cannot make the stand-in images: {reason}", file=sys.stderr)
+        print(f"cannot use podman: {reason}", file=sys.stderr)
         return 1
+    if argv == ["prune"]:
+        prune()
+        return 0
     started = time.monotonic()
     for image in ensure_standins():
         say(f"ready: {image}")

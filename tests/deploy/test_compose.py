@@ -255,3 +255,34 @@ def test_registration_reaches_synapse(
     assert any(r.fullmatch(f"@qqbridge:{domain}") for r in regexes)
     assert any(r.fullmatch(f"@_qq_10001:{domain}") for r in regexes)
     assert urlsplit(registration["url"]).hostname == "qqbridge"
+
+
+# ---- compose.host.yaml ------------------------------------------------------------------
+
+
+def test_compose_host_override_puts_every_service_on_loopback(compose: dict[str, Any]) -> None:
+    """compose.host.yaml (host networking, README "Host networking"): every service in the
+    host's network, every service name resolving to 127.0.0.1, every listener on loopback,
+    every port variable it reads documented in the README."""
+    text = (DOCKER / "compose.host.yaml").read_text(encoding="utf-8")
+
+    class Tagged(yaml.SafeLoader):
+        pass
+
+    Tagged.add_constructor("!reset", lambda loader, node: None)
+    host = interpolate(yaml.load(text, Loader=Tagged), read_env_file(ENV_EXAMPLE), set())  # noqa: S506
+    names = set(compose["services"])
+    assert set(host["services"]) == names
+    for name, service in host["services"].items():
+        assert service["network_mode"] == "host", name
+        assert {entry.split(":")[0] for entry in service["extra_hosts"]} == names, name
+        assert all(entry.endswith(":127.0.0.1") for entry in service["extra_hosts"]), name
+    assert "listen_addresses=127.0.0.1" in host["services"]["postgres"]["command"]
+    assert host["services"]["qqbridge"]["environment"]["QQBRIDGE_APPSERVICE__HOST"] == "127.0.0.1"
+    sim = parse_cli(host["services"]["qq-sim"]["command"], "compose.host.yaml qq-sim")
+    assert sim.host == "127.0.0.1"
+    listeners = yaml.safe_load((DOCKER / "synapse-host" / "listeners.yaml").read_text(encoding="utf-8"))
+    assert [listener["bind_addresses"] for listener in listeners["listeners"]] == [["127.0.0.1"]]
+    readme = (DOCKER / "README.md").read_text(encoding="utf-8")
+    for variable in set(re.findall(r"\$\{(\w+)", text)) - {"POSTGRES_PASSWORD"}:
+        assert f"`{variable}`" in readme, f"compose.host.yaml reads {variable}; the README never explains it"

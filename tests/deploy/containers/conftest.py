@@ -8,7 +8,6 @@ QQBRIDGE_TEST_REQUIRE_CONTAINERS=1, as .ci/run sets it, that is a failure instea
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import podman as pm
-from tests.deploy.containers.helpers import BuiltImage
+from tests.deploy.containers.helpers import BuiltImage, unavailable
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,12 +27,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.container)
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get(pm.REQUIRE_ENV):
-        pytest.fail(f"{pm.REQUIRE_ENV} is set, but {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.deploy import podman as pm
 
@@ -15,6 +18,13 @@ class BuiltImage:
     id: str
     tag: str
     seconds: float
+
+
+def unavailable(reason: str) -> None:
+    """Skip, saying why; fail instead where the container tests must run (CI)."""
+    if os.environ.get(pm.REQUIRE_ENV):
+        pytest.fail(f"{pm.REQUIRE_ENV} is set, but {reason}")
+    pytest.skip(reason)
 
 
 def logs(container: str) -> str:

@@ -2,8 +2,9 @@
 token; they reveal counts, never content).
 
 - `/health`: the process answers (for a container HEALTHCHECK or a restart policy).
-- `/ready`: the bridge has started and its database answers; 503 with the reasons
-  otherwise (for a load balancer or an orchestrator's readiness probe).
+- `/ready`: the bridge has started, its database answers and the homeserver is not
+  known to be down (`matrix.homeserver_health`); 503 with the reasons otherwise (for a
+  load balancer or an orchestrator's readiness probe).
 - `/metrics`: Prometheus text format (`qqbridge.metrics`).
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from qqbridge.matrix.homeserver_health import HomeserverHealth
 from qqbridge.metrics import CONTENT_TYPE, Metrics
 
 
@@ -28,6 +30,9 @@ def add_routes(app: web.Application, bridge: Any, store: Any, metrics: Metrics) 
             await store.count_pending_events()
         except Exception as exc:  # whatever the database says, it is not ready
             problems.append(f"the database does not answer: {type(exc).__name__}")
+        homeserver = getattr(getattr(bridge, "matrix", None), "health", None)
+        if isinstance(homeserver, HomeserverHealth) and (problem := homeserver.problem()):
+            problems.append(problem)
         status = 503 if problems else 200
         return web.json_response({"ready": not problems, "problems": problems}, status=status)
 

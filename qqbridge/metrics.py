@@ -7,6 +7,9 @@ tests and several bridges in one process do not mix).
     qqbridge_failures_total{kind}               qq_unreachable, qq_refused, matrix_refused, ...
     qqbridge_queue_size{queue}                  waiting work: qq_to_matrix, matrix_to_qq, matrix_inbox
     qqbridge_relay_latency_seconds{direction}   from arrival at the bridge to delivery
+    qqbridge_homeserver_up                      1 while the homeserver answers, 0 while it is down
+    qqbridge_homeserver_outages_total           times the homeserver went down (probe confirmed)
+    qqbridge_homeserver_probes_total{result}    probes of a homeserver thought down: ok, failed
 """
 
 from __future__ import annotations
@@ -33,10 +36,19 @@ class Metrics:
             "qqbridge_relay_latency_seconds", "From arrival at the bridge to delivery", ["direction"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.homeserver_up = Gauge("qqbridge_homeserver_up", "1 while the homeserver answers, 0 while down",
+                                   registry=registry)  # fmt: skip
+        self.homeserver_up.set(1)
+        self.homeserver_outages = Counter("qqbridge_homeserver_outages", "Times the homeserver went down",
+                                          registry=registry)  # fmt: skip
+        self.homeserver_probes = Counter("qqbridge_homeserver_probes", "Probes of a homeserver thought down",
+                                         ["result"], registry=registry)  # fmt: skip
         for direction in ("qq_to_matrix", "matrix_to_qq"):
             self.messages.labels(direction)  # present at 0 from the start
         for result in ("ok", "error"):
             self.polls.labels(result)
+        for result in ("ok", "failed"):
+            self.homeserver_probes.labels(result)
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def refresh_with(self, refresher: Callable[[], Awaitable[None]]) -> None:

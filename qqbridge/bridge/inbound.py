@@ -9,13 +9,16 @@
         Matrix send transaction ids come from the stored row, so relaying it again after
         a crash returns the event already sent instead of a second one.
 
-A homeserver (or database) that is down leaves rows pending: the relay task backs off
-and tries again, while the poller goes on fetching and storing. A row that cannot be
-relayed for a reason that will not pass — a sender that is not a QQ number (the server
-lied), content or a value the homeserver or the store refuses — is set aside (marked
-failed) with one notice to the user, and the rows after it flow: one poison row never
-blocks a user's later messages. An error nobody foresaw (a bug) gets UNKNOWN_TRIES
-tries, then is set aside the same way.
+A homeserver (or database) that is down leaves rows pending, while the poller goes on
+fetching and storing. For the homeserver, the relay task waits on the bridge's one
+homeserver watcher (`matrix.homeserver_health`, which probes it once a second) and
+goes the moment it answers, so every user's relay resumes within a probe of its
+return; for anything else that may pass (a 5xx, the database) it backs off. A row that
+cannot be relayed for a reason that will not pass — a sender that is not a QQ number
+(the server lied), content or a value the homeserver or the store refuses — is set
+aside (marked failed) with one notice to the user, and the rows after it flow: one
+poison row never blocks a user's later messages. An error nobody foresaw (a bug) gets
+UNKNOWN_TRIES tries, then is set aside the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import structlog
 from qqbridge.bridge.accounts import Backoff
 from qqbridge.bridge.notices import one_line, quoted, txn_for
 from qqbridge.matrix.api import MatrixError
+from qqbridge.matrix.homeserver_health import AlwaysAnswering, HomeserverHealth
 from qqbridge.qq import errors, model
 from qqbridge.store.errors import ConflictError, InvalidValueError, NotFoundError
 
@@ -89,6 +93,11 @@ class Inbound:
         self._wakers: dict[str, asyncio.Event] = {}
         self._relayers: dict[str, asyncio.Task[None]] = {}
         self._tries: dict[int, int] = {}  # inbound_id → failures of a kind nobody foresaw
+        watcher = getattr(bridge.matrix, "health", None)
+        self.homeserver: HomeserverHealth | AlwaysAnswering = AlwaysAnswering()
+        if isinstance(watcher, HomeserverHealth):
+            self.homeserver = watcher
+            watcher.watch(bridge.metrics, waiting=self.store.count_pending_inbound)
 
     async def receive(self, owner: str, seq: int, events: list[model.Event]) -> None:
         """The pollers' delivery: store (raising keeps the SEQ for a refetch), then
@@ -126,10 +135,16 @@ class Inbound:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the homeserver is down or failing: the rows stay pending
-                pause = backoff.next()
                 self.bridge.metrics.failures.labels("matrix_unreachable").inc()
-                log.warning("relay to Matrix failed; trying again", owner=owner, error=str(exc), pause=round(pause, 1))
-                await asyncio.sleep(pause)
+                if passing(exc) and not self.homeserver.answering:
+                    # An outage: the watcher tells it once and wakes everyone when it ends.
+                    log.debug("relay to Matrix waits for the homeserver", owner=owner, error=str(exc))
+                    await self.homeserver.wait_answering()
+                else:
+                    pause = backoff.next()
+                    log.warning("relay to Matrix failed; trying again", owner=owner, error=str(exc),
+                                pause=round(pause, 1))  # fmt: skip
+                    await asyncio.sleep(pause)
                 wake.set()
 
     async def relay_pending(self, owner: str) -> None:

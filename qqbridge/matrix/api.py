@@ -4,8 +4,17 @@ Requests are built by `nio.Api` (method, path, body) and answers parsed by nio's
 response classes; what nio lacks for an application service is added here: the
 `as_token` in an `Authorization` header (never in a URL, where logs would keep it),
 `user_id=` masquerading, registering puppets on first use, and retries: 429 waits
-`retry_after_ms`, 5xx and connection failures back off exponentially with jitter.
-Anything else the homeserver refuses raises `MatrixError`.
+`retry_after_ms`, other 5xx back off exponentially with jitter. Anything else the
+homeserver refuses raises `MatrixError` at once.
+
+A homeserver that cannot be reached (refused, reset, timed out, 502/503/504 from a
+proxy in front of it) or hangs (no answer for `stall_after` s) is left to one watcher
+for the whole bridge, `self.health` (`homeserver_health.HomeserverHealth`): while it is
+down no request goes out, only its probe, once a second; each request waits for the
+probe's word (within the same budget of `max_attempts` as before) and goes the moment
+the homeserver answers, instead of sleeping through its own backoff. A client made with
+`max_attempts=1` (the start-up check, which keeps its own once-a-second loop) sends
+every call and leaves the watcher out: it has no retries to coordinate.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -20,9 +30,14 @@ import aiohttp
 import structlog
 from nio import Api, RoomCreateResponse, RoomSendResponse
 
+from qqbridge.matrix.homeserver_health import OUTAGE_AFTER, PROBE_INTERVAL, PROBE_TIMEOUT, HomeserverHealth
+
 log = structlog.get_logger(__name__)
 
 _PLACEHOLDER = "-"  # nio's builders insist on a token; ours travels in a header instead
+UNREACHABLE = (0, 502, 503, 504)  # no homeserver behind: nothing there, or a proxy says so
+STALL_AFTER = 10.0  # a request without an answer this long makes the watcher probe
+_VERSIONS = "/_matrix/client/versions"  # the probe: cheap, needs no token
 
 
 class MatrixError(Exception):
@@ -51,23 +66,77 @@ class HomeserverAPI:
         *,
         max_attempts: int = 8,
         max_backoff: float = 30.0,
+        outage_after: float = OUTAGE_AFTER,
+        probe_interval: float = PROBE_INTERVAL,
+        probe_timeout: float = PROBE_TIMEOUT,
+        stall_after: float = STALL_AFTER,
     ) -> None:
+        """`outage_after`: seconds down before the outage is logged as a warning (and its
+        end); `probe_interval`, `probe_timeout`: the watcher's probe; `stall_after`:
+        seconds without an answer before a request makes the watcher probe."""
         self.base_url = base_url.rstrip("/")
         self.bot_mxid = bot_mxid
         self._auth = {"Authorization": f"Bearer {as_token}"}
         self._max_attempts = max_attempts
         self._max_backoff = max_backoff
+        self._stall_after = stall_after
+        self._watched = max_attempts > 1
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
         self._registered: set[str] = set()
+        self.health = HomeserverHealth(
+            self._probe, outage_after=outage_after, probe_interval=probe_interval, probe_timeout=probe_timeout
+        )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.health.close()
+        for session in (self._session, self._probe_session):
+            if session is not None:
+                await session.close()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         return self._session
+
+    async def _probe(self) -> None:
+        """GET /_matrix/client/versions on a fresh connection (a pooled one may be a dead
+        server's); raises unless it answers 200."""
+        if self._probe_session is None:
+            self._probe_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        async with self._probe_session.get(self.base_url + _VERSIONS) as response:
+            await response.read()
+            if response.status != 200:
+                raise MatrixError(response.status, "M_UNKNOWN", "the probe was not answered with 200", "probe")
+
+    def _stalled(self, since: float) -> None:
+        if self._watched:
+            self.health.stalled(since)
+
+    async def _once(self, method: str, url: str, data: str | None) -> tuple[int, Any]:
+        """One HTTP exchange: (status, parsed JSON), status 0 if nothing answered. A
+        request without an answer after `stall_after` s makes the watcher probe."""
+        started = time.monotonic()
+        stall = asyncio.get_running_loop().call_later(self._stall_after, self._stalled, started)
+        try:
+            async with self._http().request(
+                method, url, data=data, headers={**self._auth, "Content-Type": "application/json"}
+            ) as response:
+                status = response.status
+                try:
+                    answer = await response.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    answer = {}
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            status, answer = 0, {"errcode": "M_UNREACHABLE", "error": str(exc) or type(exc).__name__}
+        finally:
+            stall.cancel()
+        if self._watched:
+            if status in UNREACHABLE:
+                self.health.failed(since=started)
+            else:
+                self.health.answered()
+        return status, answer
 
     async def request(
         self, method: str, path: str, body: Any = None, *, user_id: str | None = None, what: str = ""
@@ -78,31 +147,31 @@ class HomeserverAPI:
         what = what or f"{method} {urlsplit(path).path}"
         delay = 0.5
         for attempt in range(1, self._max_attempts + 1):
-            try:
-                async with self._http().request(
-                    method, url, data=data, headers={**self._auth, "Content-Type": "application/json"}
-                ) as response:
-                    status = response.status
-                    try:
-                        answer = await response.json(content_type=None)
-                    except (json.JSONDecodeError, aiohttp.ContentTypeError):
-                        answer = {}
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                status, answer = 0, {"errcode": "M_UNREACHABLE", "error": str(exc) or type(exc).__name__}
+            if self.health.answering:
+                status, answer = await self._once(method, url, data)
+            else:  # known down: only the watcher's probe goes out
+                status, answer = 0, {"errcode": "M_UNREACHABLE", "error": "the homeserver does not answer (probing)"}
             if not isinstance(answer, dict):
                 answer = {}
             if 200 <= status < 300:
                 return answer
             errcode = str(answer.get("errcode", "M_UNKNOWN"))
             message = str(answer.get("error", ""))
-            if status == 429 or status == 0 or status >= 500:
+            if status == 429 or status >= 500 or status in UNREACHABLE:
                 if attempt == self._max_attempts:
                     break
                 wait = answer.get("retry_after_ms") if status == 429 else None
                 pause = wait / 1000 if isinstance(wait, int) and wait >= 0 else delay * (0.5 + random.random())
-                log.info("homeserver busy, retrying", what=what, status=status, errcode=errcode, pause=round(pause, 2))
-                await asyncio.sleep(min(pause, self._max_backoff))
+                pause = min(pause, self._max_backoff)
                 delay = min(delay * 2, self._max_backoff)
+                if status in UNREACHABLE:  # the watcher says when to go again; an outage is its to tell
+                    log.debug("homeserver unreachable, waiting for it", what=what, status=status, errcode=errcode,
+                              error=message, pause=round(pause, 2))  # fmt: skip
+                    await self.health.wait_answering(pause)
+                else:
+                    log.info("homeserver busy, retrying", what=what, status=status, errcode=errcode,
+                             pause=round(pause, 2))  # fmt: skip
+                    await asyncio.sleep(pause)
                 continue
             raise MatrixError(status, errcode, message, what)
         raise MatrixError(status, errcode, message or "gave up after retries", what)

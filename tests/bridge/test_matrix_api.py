@@ -16,6 +16,8 @@ from qqbridge.matrix.api import HomeserverAPI, MatrixError
 
 async def serve(answers: list[tuple[int, dict]], seen: list[web.Request]) -> TestServer:
     async def handler(request: web.Request) -> web.Response:
+        if request.path == "/_matrix/client/versions":  # the watcher's probe after a 502
+            return web.json_response({"versions": ["v1.11"]})
         request[BODY] = await request.text()  # readable only while the request is live
         seen.append(request)
         status, body = answers.pop(0)

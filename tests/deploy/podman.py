@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -243,8 +246,23 @@ def build_bridge_image(tag: str, workdir: Path) -> tuple[str, float]:
     return iidfile.read_text().strip(), time.monotonic() - started
 
 
-def prune() -> None:
-    """Forget build layers no tag uses any more, older than a day (newer ones stay as cache)."""
+TEST_CONTAINERS = re.compile(r"qqbridge-test-[0-9a-f]{8}|qqbt[0-9a-f]{6}_.*")
+TEST_VOLUMES = re.compile(r"qqbridge-test-data-[0-9a-f]{8}|qqbt[0-9a-f]{6}_.*|[0-9a-f]{64}")
+
+
+def prune(hours: float = 2) -> None:
+    """Forget what test runs that were killed left behind, hours old (their containers,
+    volumes and anonymous volumes), and build layers no tag uses, a day old (newer ones
+    stay as cache)."""
+    before = time.time() - hours * 3600
+    for container in json.loads(podman("ps", "-a", "--format", "json").stdout or "[]"):
+        names = container.get("Names") or []
+        if any(TEST_CONTAINERS.fullmatch(n) for n in names) and container.get("Created", 0) < before:
+            podman("rm", "-f", "-v", "-t", "0", names[0], check=False)
+    for volume in json.loads(podman("volume", "ls", "--format", "json").stdout or "[]"):
+        created = datetime.fromisoformat(re.sub(r"\.\d+", "", volume["CreatedAt"]).replace("Z", "+00:00")).timestamp()
+        if TEST_VOLUMES.fullmatch(volume["Name"]) and created < before:
+            podman("volume", "rm", volume["Name"], check=False)  # not one in use
     with locked("base"), locked("postgres"), locked("synapse"):
         podman("image", "prune", "-f", "--filter", "until=24h", timeout=600)
 

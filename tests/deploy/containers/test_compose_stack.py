@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,6 +77,7 @@ class Stack:
     work: Path
     ports: dict[str, int]
     compose_files: list[Path]
+    volumes: set[str] = field(default_factory=set)
 
     def compose(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 300) -> str:
         argv = [*podman_compose(), *(a for f in self.compose_files for a in ("-f", str(f))),
@@ -112,14 +113,14 @@ class Stack:
             assert time.monotonic() < deadline, f"/ready: {answer.status_code} {answer.text}"
             time.sleep(0.5)
 
-    def volumes(self) -> set[str]:
-        """Every volume the stack's containers use, anonymous ones too (down -v keeps those)."""
-        names: set[str] = set()
+    def down(self, *flags: str, check: bool = True) -> None:
+        """`down`, remembering the volumes of the containers it removes: anonymous ones
+        (the simulator's /data) outlive even `down -v`, and are removed at the end."""
         for service in SERVICES:
             done = pm.podman("inspect", "--format", "{{range .Mounts}}{{.Name}} {{end}}", self.container(service),
                              check=False)  # fmt: skip
-            names.update(done.stdout.split())
-        return names
+            self.volumes.update(done.stdout.split())
+        self.compose("down", *flags, check=check)
 
 
 def write_settings(work: Path, ports: dict[str, int], image: str) -> None:
@@ -165,11 +166,10 @@ def stack(bridge_image: BuiltImage, standins: dict[str, str], tmp_path_factory: 
         pm.say(f"compose stack {stack.project}: set up and healthy in {time.monotonic() - started:.1f} s")
         yield stack
     finally:
-        volumes = stack.volumes()
         for service in SERVICES:
             print(f"---- {service}\n{logs(stack.container(service))[-3000:]}")
-        stack.compose("down", "-v", check=False)
-        for volume in volumes:
+        stack.down("-v", check=False)
+        for volume in stack.volumes:
             pm.podman("volume", "rm", "-f", volume, check=False)
 
 
@@ -212,7 +212,7 @@ def invited_by(person: MatrixUser, inviter: str) -> set[str]:
             if any(getattr(e, "sender", None) == inviter for e in info.invite_state)}  # fmt: skip
 
 
-async def test_the_readme_order_leaves_the_registration_volume_to_the_bridge(stack: Stack) -> None:
+def test_the_readme_order_leaves_the_registration_volume_to_the_bridge(stack: Stack) -> None:
     """The registration volume must belong to the bridge, which writes it: under podman the
     first container to mount a fresh volume decides its owner, so the README creates it
     with the bridge's steps before Synapse's."""
@@ -243,7 +243,7 @@ async def test_login_and_one_message_each_way_then_down_and_up_keeps_them(stack:
 
     # `down` removes the containers (not the volumes); `up` makes new ones
     started = time.monotonic()
-    stack.compose("down")
+    stack.down()
     assert not pm.podman("ps", "-a", "-q", "--filter", f"name={stack.project}_").stdout.strip()
     stack.compose("up", "-d")
     stack.wait_healthy()

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 UNKNOWN_TRIES = 5  # about 5 s of backoff
+RECHECK_OUTAGE = 60.0  # while the homeserver is down, look again anyway this often (no request goes out)
 _KINDS = {9: "message", 99: "status change", 2: "friend request", 3: "friend request answer",
           4: "friend request answer"}  # fmt: skip
 
@@ -139,7 +140,7 @@ class Inbound:
                 if passing(exc) and not self.homeserver.answering:
                     # An outage: the watcher tells it once and wakes everyone when it ends.
                     log.debug("relay to Matrix waits for the homeserver", owner=owner, error=str(exc))
-                    await self.homeserver.wait_answering()
+                    await self.homeserver.wait_answering(RECHECK_OUTAGE)
                 else:
                     pause = backoff.next()
                     log.warning("relay to Matrix failed; trying again", owner=owner, error=str(exc),

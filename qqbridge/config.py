@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+POLL_FAST_FLOOR, POLL_IDLE_FLOOR = 0.1, 0.5  # real seconds: a small time_scale must not flood QQ
 MXID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d+)?$")
 
 
@@ -69,9 +70,29 @@ class QQ(_Section):
     server_url: str = "http://127.0.0.1:8000/"
     timeout: float = Field(45.0, gt=0, description="seconds; longer than the slow 30 s RES=3 reply")
     local_address: str | None = Field(None, description="source address for QQ requests")
-    poll_fast: float = Field(1.0, gt=0, description="seconds between polls while a chat is active")
-    poll_idle: float = Field(30.0, gt=0, description="slowest poll; never longer than the server's HI")
+    poll_fast: float = Field(1.0, gt=0, description="seconds between polls while a chat is active "
+                             "(unset: 1 s times time_scale, at least 0.1 s)")
+    poll_idle: float = Field(30.0, gt=0, description="slowest poll; never longer than the server's HI "
+                             "(unset: 30 s times time_scale, at least 0.5 s)")
     time_scale: float = Field(1.0, gt=0, description="multiplies the protocol's waits (tests only)")
+
+    # A poll interval set in the config is taken as it is, in real seconds: a test or a
+    # demo that sets both a time_scale and its poll intervals has already chosen them
+    # for that scale. Left unset, the defaults are protocol seconds and scale.
+
+    @property
+    def poll_fast_seconds(self) -> float:
+        """The poll interval while a chat is active, in real seconds."""
+        if "poll_fast" in self.model_fields_set:
+            return self.poll_fast
+        return max(POLL_FAST_FLOOR, self.poll_fast * self.time_scale)
+
+    @property
+    def poll_idle_seconds(self) -> float:
+        """The slowest poll interval, in real seconds."""
+        if "poll_idle" in self.model_fields_set:
+            return self.poll_idle
+        return max(POLL_IDLE_FLOOR, self.poll_fast_seconds, self.poll_idle * self.time_scale)
 
 
 class Database(_Section):

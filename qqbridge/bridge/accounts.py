@@ -1,15 +1,22 @@
 """Each bridged QQ account's session with the QQ server, and its poller.
 
-    ┌────────────┐ login ok ┌────────┐  RES=20 (session lost): quiet re-login
-    │ connecting │─────────▶│ online │──────────────┐
+    ┌────────────┐ login ok ┌────────┐  RES=20 (session lost): quiet re-login; after
+    │ connecting │─────────▶│ online │──────────────┐  SESSION_LOSSES in a row, a pause
     └────────────┘◀─────────└────────┘◀─────────────┘
-      │  ▲  server down /       │ GetMsgEx, drained while full; fast while a chat is
-      │  │  no answer           │ active, backing off when idle, never slower than HI
-      ▼  │                      ▼
+      │  ▲  server down /       │ GetMsgEx, drained while full (at most DRAIN_ROUNDS a
+      │  │  no answer / garbled │ poll); fast while a chat is active, backing off when
+      ▼  │                      ▼ idle, never slower than HI
     ┌─────────────┐         events handed to `deliver`, which stores them before the
     │ unreachable │         GetMsgEx SEQ is released (a lost reply is fetched again
     └─────────────┘         with the same SEQ, PROTOCOL.md §4)
       wrong password at any login ──▶ bad_password: the poller stops, the user is told
+
+While the QQ server is out, the account waits on its `QQServer` (bridge/outages.py),
+which probes it once a second for every account on it, and polls again the moment it
+answers; the person is told once that QQ is out (after OUTAGE_NOTICE_AFTER) and once
+that it is back. The friend sync after a login (`on_login`) failing for a reason other
+than an outage does not stop polling: it is tried again later, with backoff, and the
+person is told once per distinct problem.
 
 One account's failure never touches another's: each runs in its own task, and
 everything it raises is caught there.
@@ -26,6 +33,8 @@ from typing import Any
 
 import structlog
 
+from qqbridge.bridge.notices import one_line
+from qqbridge.bridge.outages import PROBE_INTERVAL, PROBE_UIN, OutageNotice, QQServer, clock_time, duration, outage_reason
 from qqbridge.bridge.ports import QQ, QQFactory
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
@@ -35,6 +44,12 @@ log = structlog.get_logger(__name__)
 Deliver = Callable[[str, int, list[model.Event]], Awaitable[None]]
 Notify = Callable[[str, str], Awaitable[None]]
 Hook = Callable[["QQAccount"], Awaitable[None]]
+
+# In protocol seconds, multiplied by qq.time_scale:
+OUTAGE_NOTICE_AFTER = 60.0  # an account out of reach this long is told, once
+OUTAGE_QUIET = 600.0  # at most one pair of outage notices per account in this time
+DRAIN_ROUNDS = 20  # full GetMsgEx replies fetched back to back before a pause (1,000 messages)
+SESSION_LOSSES = 3  # RES=20 this often in a row, with no good poll between: pause with backoff
 
 
 class AccountState(enum.StrEnum):
@@ -84,6 +99,8 @@ class QQAccount:
         poll_fast: float = 1.0,
         poll_idle: float = 30.0,
         backoff_cap: float = 60.0,
+        time_scale: float = 1.0,
+        server: QQServer | None = None,
         on_login: Hook | None = None,
         sender: Hook | None = None,
         metrics: Metrics | None = None,
@@ -95,23 +112,47 @@ class QQAccount:
         self._deliver = deliver
         self._notify = notify
         self._poll_fast, self._poll_idle = poll_fast, poll_idle
+        self._scale = time_scale
         self._backoff = Backoff(min(1.0, poll_idle), backoff_cap)
+        self._sync_backoff = Backoff(min(1.0, poll_idle), backoff_cap * 5)
+        self.server = server or QQServer(f"QQ {uin}", None)  # shared by the accounts of one server
         self.state = AccountState.CONNECTING
         self.status = model.Status.OFFLINE
         self.wanted_status = model.Status.ONLINE  # what the user chose with `status`
         self.logged_in = False
         self.last_poll: float | None = None  # wall-clock time of the last good GetMsgEx
         self.fetched = 0
-        self.last_error: str | None = None
+        self._poll_error: str | None = None  # why the latest poll failed; None after a good one
+        self._sync_error: str | None = None  # why the friend sync failed; None once it worked
         self.friends: set[int] = set()  # as QQ last listed them; strangers are the rest
         self._on_login = on_login
         self._sender = sender
         self._metrics = metrics
         self._synced = False  # has on_login run since the latest login?
+        self._sync_due = 0.0  # monotonic time before which a failed sync is not tried again
+        self._sync_told: set[str] = set()  # sync problems the person was told about
+        self._losses = 0  # RES=20 in a row, with no good poll between
+        self._losses_since = 0.0
+        self._session_lost_meanwhile = False  # during the current outage: for the "back" notice
+        self.outage = OutageNotice(
+            lambda text: self._notify(self.mxid, text), self._down_text, self._back_text,
+            after=OUTAGE_NOTICE_AFTER * time_scale, quiet=OUTAGE_QUIET * time_scale,
+        )  # fmt: skip
         self._login_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._send_task: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+
+    @property
+    def last_error(self) -> str | None:
+        """The problem `ping` shows: the latest poll's, else the friend sync's."""
+        return self._poll_error or self._sync_error
+
+    @property
+    def unreachable_since(self) -> float | None:
+        """Wall time since which this account cannot reach QQ, or None."""
+        return self.outage.since
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -122,11 +163,14 @@ class QQAccount:
         self.logged_in, self.state = True, AccountState.ONLINE
         self.status = model.Status.ONLINE  # what QQ sets at login; `wanted_status` is restored after
         self._synced = False
-        self._poll_idle = min(self._poll_idle, max(answer.heartbeat, self._poll_fast, 0.5))  # HI=0 must not flood
+        heartbeat = answer.heartbeat * self._scale  # the server's HI is in protocol seconds
+        self._poll_idle = min(self._poll_idle, max(heartbeat, self._poll_fast, 0.5))  # HI=0 must not flood
         return answer
 
     async def session_lost(self) -> None:
         """Called on RES=20 by whoever met it: log in again once, whoever asks first."""
+        if self.outage.since is not None:
+            self._session_lost_meanwhile = True
         async with self._login_lock:
             if self.logged_in:
                 log.info("QQ session lost; logging in again", uin=self.uin)
@@ -144,10 +188,11 @@ class QQAccount:
         self._wake.set()
 
     async def stop(self, *, logout: bool) -> None:
-        tasks = [task for task in (self._task, self._send_task) if task is not None]
+        tasks = [task for task in (self._task, self._send_task, *self._chores) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.outage.close()
         if logout and self.logged_in:
             try:
                 await self.qq.logout()
@@ -161,43 +206,87 @@ class QQAccount:
     async def _run(self) -> None:
         idle = self._poll_fast
         while True:
+            if self.server.down:  # only the server's probe talks to it until it answers
+                self._out(self.server.why, self.server.down_since or time.time())
+                await self.server.until_up()
+            mark, began = self.server.recoveries, time.time()
             try:
                 if not self.logged_in:
                     async with self._login_lock:
                         if not self.logged_in:
                             await self.login()
                     log.info("QQ session open", uin=self.uin)
-                if not self._synced and self._on_login is not None:
-                    await self._on_login(self)
-                self._synced = True
+                await self._sync_when_due()
                 had_events = await self.poll_once()
-                self._count("ok")
-                self._backoff.reset()
-                self.last_error = None
-                idle = self._poll_fast if had_events else min(idle * 2, self._poll_idle)
-                await self._pause(idle)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._count("error", exc)
-                if not await self._recover(exc):
+                if not await self._recover(exc, mark, began):
                     return
+                idle = self._poll_fast  # back from trouble: what waited on QQ comes soon
+                continue
+            self._count("ok")
+            self._reached()
+            idle = self._poll_fast if had_events else min(idle * 2, self._poll_idle)
+            await self._pause(idle)
 
-    async def _recover(self, exc: Exception) -> bool:
-        """What the poller does about a failure; False when it must stop."""
+    def _reached(self) -> None:
+        """A good poll: whatever was wrong with reaching QQ is over."""
+        self._backoff.reset()
+        self._poll_error = None
+        self._losses = 0
+        self.state = AccountState.ONLINE
+        self.outage.recovered()
+
+    def _out(self, why: str, since: float) -> None:
+        """The account cannot reach QQ (since wall time `since`, if this begins it)."""
+        if self.outage.since is None:
+            self._session_lost_meanwhile = False
+            log.info("QQ out of reach for this account", uin=self.uin, why=why)
+        self.state = AccountState.UNREACHABLE
+        self.outage.failed(why, since)
+
+    async def _recover(self, exc: Exception, mark: int, began: float) -> bool:
+        """What the poller does about a failure; False when it must stop. `mark` and
+        `began`: the server's recoveries and the wall time when the attempt began."""
         if isinstance(exc, errors.NotLoggedIn):
-            log.info("QQ session lost; logging in again", uin=self.uin)
-            self.logged_in = False
-            self._synced = False
-        elif isinstance(exc, errors.WrongPassword):
+            await self._session_gone(began)
+            return True
+        if isinstance(exc, errors.WrongPassword):
             await self._stop_for_password(exc)
             return False
-        elif isinstance(exc, errors.QQError):  # unreachable, no answer, too fast, garbled: wait
-            await self._trouble(str(exc))
-        else:  # a bug must not kill the poller or touch other accounts
+        self._poll_error = str(exc) if isinstance(exc, errors.QQError) else f"{type(exc).__name__}: {exc}"
+        why = outage_reason(exc)
+        if why is not None:  # cannot connect, no whole reply, garbled: is the server out?
+            self._out(why, began)
+            await self.server.failed(exc, began, mark, self._backoff.next())
+        elif isinstance(exc, errors.QQError):  # the server answers, but not with messages
+            self._out(f"the QQ server refuses to hand over your messages ({one_line(str(exc), 120)})", began)
+            await asyncio.sleep(self._backoff.next())
+        else:  # a bug or the store: must not kill the poller or touch other accounts
             log.error("poller failure", uin=self.uin, exc_info=exc)
-            await self._trouble(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self._backoff.next())
         return True
+
+    async def _session_gone(self, began: float) -> None:
+        """RES=20: log in again at once; but a server that ends every new session at
+        once must not get a login and a GetMsgEx in a loop without pause."""
+        self.logged_in = False
+        self._synced = False
+        if self.outage.since is not None:
+            self._session_lost_meanwhile = True
+        self._losses += 1
+        if self._losses == 1:
+            self._losses_since = began
+        if self._losses < SESSION_LOSSES:
+            log.info("QQ session lost; logging in again", uin=self.uin)
+            return
+        self._poll_error = f"QQ ended the session {self._losses} times in a row, each right after a new login (RES=20)"
+        if self._losses == SESSION_LOSSES:
+            log.warning("QQ ends every new session at once; logging in again with backoff", uin=self.uin)
+        self._out("QQ ends your session right after every login", self._losses_since)
+        await asyncio.sleep(self._backoff.next())
 
     def _count(self, result: str, exc: BaseException | None = None) -> None:
         if self._metrics is None:
@@ -213,25 +302,105 @@ class QQAccount:
         except TimeoutError:
             pass
 
-    async def _trouble(self, why: str) -> None:
-        self.last_error = why
-        if self.state is not AccountState.UNREACHABLE:
-            log.warning("QQ server trouble; retrying with backoff", uin=self.uin, error=why)
-        self.state = AccountState.UNREACHABLE
-        await asyncio.sleep(self._backoff.next())
-
     async def _stop_for_password(self, exc: errors.WrongPassword) -> None:
         self.logged_in, self.state = False, AccountState.BAD_PASSWORD
-        self.last_error = str(exc)
+        self._poll_error = str(exc)
+        await self.outage.close()  # the notice below says what there is to say
         await self._store.set_login_state(self.mxid, "bad_password")
         await self._notify(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
                            f"polling stopped. Type `login {self.uin}` to log in again.")
 
+    # ---- the friend sync after a login -------------------------------------------------
+
+    async def _sync_when_due(self) -> None:
+        """`on_login` (friends, nicknames, presence, the chosen status) once per login.
+        An outage or a lost session raises, as a poll would; any other failure (a server
+        that lies in List, a homeserver that refuses a puppet) leaves polling alone and
+        is tried again later, with backoff."""
+        if self._synced or self._on_login is None or time.monotonic() < self._sync_due:
+            return
+        started = time.monotonic()
+        try:
+            await self._on_login(self)
+            log.debug("friend sync done", uin=self.uin, seconds=round(time.monotonic() - started, 3))
+        except asyncio.CancelledError:
+            raise
+        except (errors.NotLoggedIn, errors.WrongPassword, errors.ServerUnavailable, errors.OutcomeUnknown, OSError):
+            raise
+        except Exception as exc:
+            self._sync_failed(exc)
+            return
+        self._synced = True
+        self._sync_error = None
+        self._sync_backoff.reset()
+        self._sync_due = 0.0
+
+    def _sync_failed(self, exc: Exception) -> None:
+        problem = str(exc) if isinstance(exc, errors.QQError) else f"{type(exc).__name__}: {exc}"
+        self._sync_error = f"friend sync: {problem}"
+        pause = self._sync_backoff.next()
+        self._sync_due = time.monotonic() + pause
+        if self._metrics is not None:
+            self._metrics.failures.labels(failure_kind(exc)).inc()
+        log.warning("friend sync failed; polling goes on, the sync is tried again later", uin=self.uin,
+                    error=problem, retry_in=round(pause, 1))  # fmt: skip
+        if problem in self._sync_told:
+            return
+        self._sync_told.add(problem)
+        text = (f"⚠ Your QQ friend list could not be refreshed: {one_line(problem, 200)}. Your messages still "
+                "flow both ways; I will try again in a while.")  # fmt: skip
+        self._chore(self._tell_sync_problem(problem, text))
+
+    async def _tell_sync_problem(self, problem: str, text: str) -> None:
+        try:
+            await self._notify(self.mxid, text)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not told: the next failure tries again
+            self._sync_told.discard(problem)
+            log.warning("could not tell a person their friend sync failed", uin=self.uin, error=str(exc))
+
+    def _chore(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    # ---- what the person is told about an outage ---------------------------------------
+
+    def _down_text(self, since: float, why: str) -> str:
+        if self.server.down:  # what the probe finds now says more than the first failure
+            why = self.server.why
+        return (f"⚠ QQ is out of reach for {self.uin} since {clock_time(since)} ({duration(time.time() - since)}): "
+                f"{why}. Your messages wait here and will be sent, in order, when QQ answers again; what your QQ "
+                "friends send meanwhile waits for you on the QQ server. I will tell you when QQ is back.")  # fmt: skip
+
+    async def _back_text(self, since: float, lasted: float) -> str:
+        waiting = None
+        try:
+            waiting = await self._store.count_pending_outgoing(self.mxid)
+        except Exception as exc:  # a nicety: the notice goes without the number
+            log.info("could not count the waiting messages", uin=self.uin, error=str(exc))
+        if waiting:
+            sent = f"the {waiting} message(s) you wrote meanwhile are being sent now, in order"
+        else:
+            sent = "what you wrote meanwhile has been sent, in order"
+        text = (f"✅ QQ is back for {self.uin}, after {duration(lasted)} out of reach (since {clock_time(since)}). "
+                f"Nothing was lost: {sent}, and what your QQ friends sent arrives here now.")  # fmt: skip
+        if self._session_lost_meanwhile:
+            text += (" QQ had ended your session meanwhile, so your friends saw you offline for a while. If the "
+                     "QQ server itself restarted, what it held for you when it stopped is gone with it; "
+                     "the bridge cannot fetch that.")  # fmt: skip
+        return text
+
+    # ---- one round of polling ----------------------------------------------------------
+
     async def poll_once(self) -> bool:
-        """One round of GetMsgEx, drained while full. The SEQ is stored before it is
-        sent and released only after `deliver` has stored the events."""
+        """One round of GetMsgEx, drained while full, for at most DRAIN_ROUNDS replies
+        (a server whose replies are always full must not hold the poller for ever). The
+        SEQ is stored before it is sent and released only after `deliver` has stored
+        the events."""
         got_any = False
-        while True:
+        for _ in range(DRAIN_ROUNDS):
             key = f"getmsg-pending:{self.mxid}"
             pending = await self._store.get_state(key)
             if pending and await self._store.inbound_batch_stored(self.mxid, int(pending)):
@@ -251,27 +420,55 @@ class QQAccount:
             self.state = AccountState.ONLINE
             if not batch.full:
                 return got_any
+        log.info("GetMsgEx replies stay full; pausing before fetching more", uin=self.uin, rounds=DRAIN_ROUNDS)
+        return got_any
 
 
 class Accounts:
-    """Every running QQAccount, by Matrix user."""
+    """Every running QQAccount, by Matrix user; and one `QQServer` per server URL, whose
+    probe the accounts on it share."""
 
-    def __init__(self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, **options: Any) -> None:
+    def __init__(
+        self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, *,
+        probe_interval: float = PROBE_INTERVAL, **options: Any,
+    ) -> None:  # fmt: skip
         self._factory = qq_factory
         self._store = store
         self._deliver = deliver
         self._notify = notify
+        self._probe_interval = probe_interval
         self._options = options
         self.running: dict[str, QQAccount] = {}
+        self.servers: dict[str, QQServer] = {}
 
     def get(self, mxid: str) -> QQAccount | None:
         return self.running.get(mxid)
 
     def new(self, mxid: str, uin: int, password_md5: str) -> QQAccount:
+        qq = self._factory(uin)
         return QQAccount(
-            mxid, uin, password_md5, qq=self._factory(uin), store=self._store,
-            deliver=self._deliver, notify=self._notify, **self._options,
+            mxid, uin, password_md5, qq=qq, store=self._store, deliver=self._deliver, notify=self._notify,
+            server=self.server_for(qq), **self._options,
         )  # fmt: skip
+
+    def server_for(self, qq: QQ) -> QQServer:
+        """The health of `qq`'s server, shared by every account on it. A QQ that names
+        no server (a test's fake) gets one of its own that is never probed."""
+        url = getattr(qq, "server_url", None)
+        if not isinstance(url, str):
+            return QQServer(f"QQ {qq.uin}", None)
+        if url not in self.servers:
+            self.servers[url] = QQServer(url, self._probe, interval=self._probe_interval)
+        return self.servers[url]
+
+    async def _probe(self) -> None:
+        """Logout of UIN 1: every honest server answers RES=0 at once, and no one can be
+        logged in as an illegal QQ number, so it ends no one's session."""
+        client = self._factory(PROBE_UIN)
+        try:
+            await client.logout()
+        finally:
+            await client.aclose()
 
     async def begin(self, account: QQAccount) -> None:
         """Take over an account that has logged in, and start polling for it."""
@@ -296,3 +493,4 @@ class Accounts:
     async def close(self) -> None:
         """Shutdown: stop every poller; sessions stay open on QQ so a restart resumes them."""
         await asyncio.gather(*(self.end(mxid, logout=False) for mxid in list(self.running)))
+        await asyncio.gather(*(server.close() for server in self.servers.values()))

@@ -14,6 +14,7 @@ from qqbridge.bridge.accounts import AccountState
 from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
 from qqbridge.bridge.contact_commands import ContactCommands
 from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.outages import clock_time, duration
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
 from qqbridge.store import ConflictError
@@ -250,14 +251,13 @@ class ControlRoom:
     async def cmd_ping(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         account = self.bridge.accounts.get(user.mxid)
         if account is None:
-            state = "bad password; type `login` again" if user.login_state == "bad_password" else "not logged in"
-            await reply(f"QQ: {state}.")
+            stopped = f"stopped: bad password; type `login {user.qq_uin or '<QQ number>'}` again"
+            await reply(f"QQ: {stopped if user.login_state == 'bad_password' else 'not logged in'}.")
             return
-        last = f"{time.time() - account.last_poll:.0f} s ago" if account.last_poll else "not yet"
         waiting_in = await self.store.count_pending_inbound(user.mxid)
         waiting_out = await self.store.count_pending_outgoing(user.mxid)
-        lines = [f"QQ {account.uin}: {account.state.value}, status {account.status.name.lower()}",
-                 f"last poll: {last}; messages fetched: {account.fetched}",
+        lines = [f"QQ {account.uin}: {account_state(account)}",
+                 f"{last_good_poll(account)}; messages fetched: {account.fetched}",
                  f"queued: {waiting_in} from QQ to Matrix, {waiting_out} from Matrix to QQ"]  # fmt: skip
         if account.last_error:
             lines.append(f"last problem: {account.last_error}")
@@ -284,7 +284,10 @@ class ControlRoom:
         lines = []
         for bridged in await self.store.list_users():
             account = self.bridge.accounts.get(bridged.mxid)
-            state = account.state.value if account else bridged.login_state
+            if account is not None:
+                state = f"{account_state(account)}; {last_good_poll(account)}"
+            else:
+                state = "stopped: bad password" if bridged.login_state == "bad_password" else bridged.login_state
             lines.append(f"{bridged.mxid}: QQ {bridged.qq_uin or '-'}, {state}")
         await reply("\n".join(lines) or "Nobody uses the bridge yet.")
 
@@ -311,3 +314,25 @@ def _login_failure(uin: int, exc: BaseException) -> str:
     if isinstance(exc, errors.RateLimited):
         return "QQ says to slow down; wait a little, then type `login` again. Nothing was stored."
     return f"Could not log in: the QQ server did not answer properly ({exc}). Nothing was stored; try again later."
+
+
+def account_state(account: Any) -> str:
+    """What `ping` and `accounts` say of a running account: the truth, not the last hope."""
+    if account.state is AccountState.BAD_PASSWORD:
+        return f"stopped: bad password; type `login {account.uin}` again"
+    if account.state is AccountState.STOPPED:
+        return "stopped"
+    since = account.unreachable_since
+    if since is None and account.server.down:  # found out by another account on the same server
+        since = account.server.down_since
+    if since is not None:
+        return f"unreachable since {clock_time(since)} ({duration(time.time() - since)})"
+    if account.state is AccountState.ONLINE:
+        return f"online, status {account.status.name.lower()}"
+    return account.state.value
+
+
+def last_good_poll(account: Any) -> str:
+    if account.last_poll is None:
+        return "last good poll: none yet"
+    return f"last good poll: {clock_time(account.last_poll)} ({duration(time.time() - account.last_poll)} ago)"

@@ -73,7 +73,8 @@ class Bridge:
         scale = config.qq.time_scale
         self.accounts = Accounts(
             qq_factory, store, self.inbound.receive, self.tell_user,
-            poll_fast=config.qq.poll_fast, poll_idle=config.qq.poll_idle, backoff_cap=60.0 * scale,
+            poll_fast=config.qq.poll_fast_seconds, poll_idle=config.qq.poll_idle_seconds, backoff_cap=60.0 * scale,
+            time_scale=scale,
             on_login=self.sync_account, sender=self.outbox.run, metrics=self.metrics,
         )  # fmt: skip
         self.control = ControlRoom(self)

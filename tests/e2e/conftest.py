@@ -71,7 +71,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         permissions={"@alice:localhost": "admin", "@bob:localhost": "user", "@carol:localhost": "user",
                      **{f"@{name}{n}:localhost": "user" for name in ("dan", "carol") for n in range(1, 10)},
                      **{f"@hostile{n}:localhost": "user" for n in range(1, 20)},
-                     **{f"@hsfault{n}:localhost": "user" for n in range(1, 10)},
+                     **{f"@fault{n}:localhost": "user" for n in range(1, 10)},
                      **{f"@hsfault{n}:localhost": "user" for n in range(1, 10)},
                      **{f"@view{n}:localhost": "user" for n in range(1, 10)},
                      **{f"@seen{n}:localhost": "user" for n in range(1, 10)}},

@@ -1,3 +1,8 @@
 """qqbridge: a Matrix application service bridging QQ (HTTP protocol 1.1) accounts."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("qqbridge")  # pyproject.toml's, as installed
+except PackageNotFoundError:  # a source tree run without installing it
+    __version__ = "0+unknown"

@@ -42,24 +42,28 @@ def _file_mode(text: str) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    """Usable at every stage: a config without its tokens yet (before
+    `generate-registration`) and a missing registration are findings, not errors. A
+    config that cannot be read or is invalid still ends it with exit status 2."""
     import asyncio
 
     from qqbridge.config import load_config
     from qqbridge.doctor import diagnose, report
 
-    config = load_config(args.config)
+    config = load_config(args.config, require_tokens=False)
     registration = Path(args.registration) if args.registration else Path(args.config).with_name("registration.yaml")
-    findings = asyncio.run(diagnose(config, registration=registration if registration.exists() or args.registration
-                                    else None))  # fmt: skip
+    findings = asyncio.run(diagnose(config, registration=registration, config_path=args.config))
     print(report(findings))
     return 0 if all(finding.ok for finding in findings) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qqbridge import __version__
     from qqbridge.demo import run as demo_run
     from qqbridge.qqsim import cli as qqsim_cli
 
     parser = argparse.ArgumentParser(prog="qqbridge", description="Matrix <-> QQ bridge")
+    parser.add_argument("--version", action="version", version=f"qqbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the bridge (appservice endpoint and QQ pollers)")
@@ -68,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("generate-registration", help="write the appservice registration for the homeserver")
     reg.add_argument("-c", "--config", required=True, help="the config file; gets the new tokens too")
-    reg.add_argument("-o", "--output", default="registration.yaml", help="where to write the registration")
+    reg.add_argument("-o", "--output", default="registration.yaml",
+                     help="where to write the registration (default: %(default)s, in the current directory)")
     reg.add_argument("--mode", type=_file_mode, help="the registration's file mode when the homeserver runs as "
                      "another user and reads it in place, e.g. 0644 on a volume shared with a Synapse container "
                      "(default: 0600 for a new file; it holds the tokens)")  # fmt: skip

@@ -1,20 +1,27 @@
 """`qqbridge doctor` (and the admin command `doctor`): checks what users most often get
 wrong, each finding with how to fix it.
 
-    registration  the registration file's tokens, URL and namespaces match the config
+    tokens        the config has its appservice tokens (`generate-registration` was run)
+    registration  the registration file exists, and its tokens, URL and namespaces match
+                  the config
     homeserver    the bridge reaches the homeserver at homeserver.url
     as_token      the homeserver knows the bridge's as_token (it loaded this registration)
     appservice    the homeserver reaches the bridge (the homeserver's appservice ping)
     qq server     the QQ server answers the QQ HTTP protocol 1.1
-    database      the database opens, migrates and takes a write
+    database      the database exists, and at which schema version (or that `run` will
+                  create or migrate it)
     permissions   someone is allowed in
+
+It is usable at every stage of a setup, from a config just copied from the example on,
+and it changes nothing: the database is looked at read-only, never created nor
+migrated, and no file is written. A finding is a problem (✘, with its fix), fine (✔) or
+information (ℹ: what `qqbridge run` will do, not a problem).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from qqbridge.config import Config, describe_yaml_error
 from qqbridge.qq import QQClient, errors
 
 SAMPLE_UIN = 10000  # a legal QQ number; Logout for it changes nothing anywhere
+MIN_TOKEN_LENGTH = 16  # what `load_config` requires of as_token and hs_token
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,31 @@ class Finding:
     ok: bool
     detail: str
     fix: str = ""
+    info: bool = False  # not a problem: what `qqbridge run` will do (create, migrate)
 
     def line(self) -> str:
-        text = f"{'✔' if self.ok else '✘'} {self.check}: {self.detail}"
+        mark = "✘" if not self.ok else "ℹ" if self.info else "✔"
+        text = f"{mark} {self.check}: {self.detail}"
         return text + (f"\n    fix: {self.fix}" if self.fix and not self.ok else "")
+
+
+def has_tokens(config: Config) -> bool:
+    """Whether the config has usable appservice tokens (`load_config` requires them)."""
+    return all(len(getattr(config.appservice, key)) >= MIN_TOKEN_LENGTH for key in ("as_token", "hs_token"))
+
+
+def generate_command(config_path: Path | str, registration: Path | str) -> str:
+    return f"`qqbridge generate-registration -c {config_path} -o {registration}`"
+
+
+def check_tokens(config: Config, config_path: Path | str, registration: Path | str) -> Finding:
+    if has_tokens(config):
+        return Finding("tokens", True, "the config has its as_token and hs_token")
+    missing = [key for key in ("as_token", "hs_token") if len(getattr(config.appservice, key)) < MIN_TOKEN_LENGTH]
+    return Finding("tokens", False, f"appservice.{' and appservice.'.join(missing)} in {config_path} "
+                   f"{'are' if len(missing) > 1 else 'is'} not set yet (or too short)",
+                   f"run {generate_command(config_path, registration)}; it writes the tokens into both files, "
+                   "then give the registration to the homeserver and restart it")  # fmt: skip
 
 
 def check_registration(config: Config, path: Path) -> list[Finding]:
@@ -76,7 +105,7 @@ def check_registration(config: Config, path: Path) -> list[Finding]:
     return findings or [Finding("registration", True, f"{path} matches the config")]
 
 
-async def check_homeserver(config: Config) -> list[Finding]:
+async def check_homeserver(config: Config, *, tokens: bool = True) -> list[Finding]:
     base, token = config.homeserver.url, config.appservice.as_token
     async with httpx.AsyncClient(timeout=10) as http:
         try:
@@ -85,6 +114,8 @@ async def check_homeserver(config: Config) -> list[Finding]:
             return [Finding("homeserver", False, f"the bridge cannot reach {base}: {exc or type(exc).__name__}",
                             "check homeserver.url: the address the bridge uses for the homeserver's client API")]
         findings = [Finding("homeserver", True, f"{base} answers")]
+        if not tokens:  # said by the tokens finding; the homeserver cannot know an empty token
+            return findings
         auth = {"Authorization": f"Bearer {token}"}
         whoami = await http.get(f"{base}/_matrix/client/v3/account/whoami", headers=auth)
         if whoami.status_code != 200:
@@ -144,23 +175,42 @@ async def check_qq(config: Config) -> Finding:
 
 
 async def check_database(config: Config, store: Any = None) -> Finding:
-    from qqbridge.store import Store
+    """What the database is, changing nothing: never created, never migrated, no write.
+
+    With the running bridge's `store` (the control room's `doctor`): that it answers.
+    Otherwise the database is looked at read-only (`qqbridge.store.inspect`)."""
+    from qqbridge.store import LATEST_VERSION, StoreError
     from qqbridge.store.database import redact_url
+    from qqbridge.store.inspect import inspect
+    from qqbridge.store.migrations import schema_version
 
     where = redact_url(config.database.url)
-    opened = None
+    fix = "database.url must name a database the bridge's user can create and write"
+    if store is not None:
+        try:
+            version = await schema_version(store.db)
+        except Exception as exc:  # any failure here is the finding
+            return Finding("database", False, f"{where}: {exc}", "check the database server and the bridge's log")
+        return Finding("database", True, f"{where} answers (schema version {version})")
     try:
-        if store is None:
-            store = opened = await Store.open(config.database.url)
-        await store.set_state("doctor-last-check", str(int(time.time())))
-        await store.get_state("doctor-last-check")
-    except Exception as exc:  # any failure here is the finding
-        return Finding("database", False, f"{where}: {exc}",
-                       "database.url must name a database the bridge's user can create and write")  # fmt: skip
-    finally:
-        if opened is not None:
-            await opened.close()
-    return Finding("database", True, f"{where} opens and takes a write")
+        state = await inspect(config.database.url)
+    except StoreError as exc:
+        return Finding("database", False, f"{where}: {exc}", fix)
+    if state.unwritable is not None:
+        return Finding("database", False, f"{where}: {state.unwritable}", fix)
+    if not state.exists:
+        at = f" ({state.path})" if state.path is not None and not where.endswith(str(state.path)) else ""
+        return Finding("database", True, f"{where}{at} does not exist yet; `qqbridge run` creates it", info=True)
+    if state.version > LATEST_VERSION:
+        return Finding("database", False, f"{where}: schema version {state.version} is newer than this qqbridge "
+                       f"(knows up to {LATEST_VERSION})", "upgrade qqbridge")  # fmt: skip
+    if state.version == 0:
+        return Finding("database", True, f"{where} is empty; `qqbridge run` creates the schema "
+                       f"(version {LATEST_VERSION})", info=True)  # fmt: skip
+    if state.version < LATEST_VERSION:
+        return Finding("database", True, f"{where}: schema version {state.version}; `qqbridge run` will migrate it "
+                       f"to version {LATEST_VERSION}", info=True)  # fmt: skip
+    return Finding("database", True, f"{where} opens; schema version {state.version} (current)")
 
 
 def check_permissions(config: Config) -> Finding:
@@ -172,9 +222,28 @@ def check_permissions(config: Config) -> Finding:
     return Finding("permissions", True, detail)
 
 
-async def diagnose(config: Config, *, registration: Path | None = None, store: Any = None) -> list[Finding]:
-    findings = check_registration(config, registration) if registration is not None else []
-    findings += await check_homeserver(config)
+async def diagnose(
+    config: Config, *, registration: Path | None = None, store: Any = None, config_path: Path | str | None = None
+) -> list[Finding]:
+    """Every check, in the order a setup goes. `config_path` (the CLI's): the config
+    may lack its tokens, which is then the first finding; `registration`: the file to
+    compare with the config, a finding of its own when it does not exist."""
+    findings: list[Finding] = []
+    tokens = has_tokens(config)
+    if config_path is not None:
+        findings.append(check_tokens(config, config_path, registration or "registration.yaml"))
+    if registration is not None:
+        if not registration.exists():
+            findings.append(Finding("registration", False, f"{registration} does not exist",
+                                    f"run {generate_command(config_path or 'CONFIG', registration)}, then give "
+                                    f"{registration} to the homeserver (app_service_config_files in Synapse) and "
+                                    "restart it"))  # fmt: skip
+        elif tokens:
+            findings += check_registration(config, registration)
+        else:
+            findings.append(Finding("registration", False, f"{registration} cannot match a config without tokens",
+                                    f"run {generate_command(config_path or 'CONFIG', registration)}"))
+    findings += await check_homeserver(config, tokens=tokens)
     findings.append(await check_qq(config))
     findings.append(await check_database(config, store))
     findings.append(check_permissions(config))

@@ -16,6 +16,7 @@ from qqbridge.app import SHUTDOWN_SECONDS
 from qqbridge.cli import main
 from qqbridge.config import Appservice
 from qqbridge.matrix.http_limits import RESERVED_FDS
+from tests.bridge.test_start_failures import FAST as FAST_START_FAILURE
 from tests.deploy.helpers import UNIT, YES, bridge_env, config_key, parse_cli
 
 DEFAULT_MAX_CONNECTIONS = Appservice.model_fields["max_connections"].default
@@ -112,6 +113,58 @@ def test_unit_does_not_retry_a_bad_config(
     bad = tmp_path / "config.yaml"
     bad.write_text("homeserver: {url: ftp://example.org, domain: example.org}\n", encoding="utf-8")
     assert main(["run", "-c", str(bad)]) == int(unit["Service"]["RestartPreventExitStatus"][-1])
+
+
+def seconds(value: str) -> float:
+    """A systemd time span as seconds: "5", "5s", "2min", "500ms", "1min 30s"."""
+    units = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    assert parts and "".join(n + u for n, u in parts) == value.replace(" ", ""), f"cannot read {value!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def starts_until_systemd_gives_up(unit: dict[str, dict[str, list[str]]], runs: list[float], *,
+                                  fails_after: float) -> int | None:  # fmt: skip
+    """How many starts systemd makes of a service that runs `runs[i]` seconds the i-th
+    time before failing (and for good once the list ends, after `fails_after` seconds
+    each time), before the start limit refuses the next one; None if it never does
+    within the runs. systemd's rate limit: a window of StartLimitIntervalSec opens at the
+    first start and counts starts up to StartLimitBurst; a start beyond it is refused."""
+    interval = seconds(unit["Unit"]["StartLimitIntervalSec"][-1])
+    burst = int(unit["Unit"]["StartLimitBurst"][-1])
+    restart = seconds(unit["Service"]["RestartSec"][-1])
+    now, window_start, in_window = 0.0, None, 0
+    for start in range(len(runs) + 2 * burst):
+        if window_start is None or now > window_start + interval:
+            window_start, in_window = now, 0
+        if in_window >= burst:
+            return start
+        in_window += 1
+        if start >= len(runs) + burst:
+            return None
+        now += (runs[start] if start < len(runs) else fails_after) + restart
+    return None
+
+
+def test_a_start_that_fails_for_good_is_not_retried_forever(unit: dict[str, dict[str, list[str]]]) -> None:
+    """Restart=on-failure retries a crash; StartLimitBurst/IntervalSec stop a start that
+    fails at once every time (a bad database path, a taken port) after a few tries,
+    leaving the unit failed with the bridge's `cannot start:` line in its status."""
+    assert unit["Service"]["Restart"][-1] == "on-failure"
+    assert "StartLimitBurst" not in unit["Service"] and "StartLimitIntervalSec" not in unit["Service"], (
+        "the start limit belongs in [Unit]"
+    )
+    burst = int(unit["Unit"]["StartLimitBurst"][-1])
+    assert 3 <= burst <= 10
+    # `qqbridge run` that cannot start ends within FAST seconds (tests/bridge/test_start_failures.py)
+    assert starts_until_systemd_gives_up(unit, [], fails_after=FAST_START_FAILURE) == burst
+    assert starts_until_systemd_gives_up(unit, [], fails_after=0.5) == burst
+    # a crash now and then (once an hour, or a minute after each start) is retried, always
+    assert starts_until_systemd_gives_up(unit, [3600.0] * 48, fails_after=3600.0) is None
+    assert starts_until_systemd_gives_up(unit, [60.0] * 48, fails_after=60.0) is None
+    # a problem that passes within 20 s (PostgreSQL still starting at boot) gets there
+    restart = seconds(unit["Service"]["RestartSec"][-1])
+    assert (burst - 1) * (restart + FAST_START_FAILURE) >= 20
 
 
 def test_unit_environment_names_real_config_keys(unit: dict[str, dict[str, list[str]]]) -> None:

@@ -279,3 +279,23 @@ async def test_a_waiting_message_gets_one_notice_then_goes_once_within_a_probe_o
         await asyncio.gather(sender, return_exceptions=True)
         await server.close()
         await store.close()
+
+
+async def test_ping_and_accounts_say_the_truth() -> None:
+    from qqbridge.bridge.control_room import account_state, last_good_poll
+
+    world, delivered, told = World(), [], []
+    accounts = accounts_on(world, delivered, told)
+    account = accounts.new("@u:x", 10001, "0" * 32)
+    assert last_good_poll(account) == "last good poll: none yet"
+    await account.login()
+    account.status = model.Status.BUSY
+    assert account_state(account) == "online, status busy"
+    account.last_poll = time.time() - 130
+    assert last_good_poll(account).endswith("UTC (2 min 10 s ago)")
+    account._out("the QQ server cannot be reached", time.time() - 125)
+    assert account_state(account).startswith("unreachable since ") and account_state(account).endswith(" (2 min 5 s)")
+    account.state = AccountState.BAD_PASSWORD
+    assert account_state(account) == "stopped: bad password; type `login 10001` again"
+    await account.stop(logout=False)
+    assert told == []

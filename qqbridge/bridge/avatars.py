@@ -1,7 +1,7 @@
 """Pictures: puppets and the bot have avatars.
 
 QQ gives each account a face id (`FC`); the picture it names is number `FC/3 + 1`
-(PROTOCOL.md: `FC=270` → 91.bmp). The pictures themselves never cross the protocol, so
+(docs/protocol.md: `FC=270` → 91.bmp). The pictures themselves never cross the protocol, so
 the bridge draws one per picture number with Pillow (a disc in a colour of its own,
 with the number on it), uploads it once to the homeserver's media repository and
 keeps its mxc:// in the store:

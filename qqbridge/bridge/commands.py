@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def qq_number(text: str) -> int:  # its arguments are named `QQ number` (metavar) in help and errors
-    """A legal QQ number (PROTOCOL.md §3): 10000 to 4294967295."""
+    """A legal QQ number (docs/protocol.md §3): 10000 to 4294967295."""
     if not text.isdigit() or not 10000 <= int(text) <= 4294967295:
         raise argparse.ArgumentTypeError(f"{text!r} is not a QQ number (10000 to 4294967295)")
     return int(text)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-RATE_COUNT, RATE_WINDOW = 5, 5.0  # PROTOCOL.md §5 CLTMSG: a sixth message within 5 s is refused
+RATE_COUNT, RATE_WINDOW = 5, 5.0  # docs/protocol.md §5 CLTMSG: a sixth message within 5 s is refused
 WAITING_NOTICE = 30.0  # protocol seconds (scaled by qq.time_scale) before "waiting for QQ…"
 WAITING_NOTICE_FLOOR = 1.0  # real seconds: never sooner, however small the scale
 

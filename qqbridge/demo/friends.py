@@ -1,5 +1,5 @@
 """The demo's QQ friends: scripted people on "another computer", each played through the
-protocol with `QQClient` like any QQ user (PROTOCOL.md §6), in the demo's event loop.
+protocol with `QQClient` like any QQ user (docs/protocol.md §6), in the demo's event loop.
 
     Friend.run ──login──▶ GetMsgEx every `poll` s ──events──▶ on_message / on_status /
        ▲                  (a lost reply is fetched         on_request / on_accepted /
@@ -144,7 +144,7 @@ class Friend:
 
     async def call(self, what: str, request: Callable[[int], Awaitable[Any]]) -> bool:
         """Send `request(seq)` until it is answered, keeping one SEQ so that a retry
-        never acts twice (PROTOCOL.md §4). False, and a log line, if it never was."""
+        never acts twice (docs/protocol.md §4). False, and a log line, if it never was."""
         seq = self.qq.next_seq()
         for _ in range(_ATTEMPTS):
             try:

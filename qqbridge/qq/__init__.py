@@ -1,4 +1,4 @@
-"""The QQ HTTP protocol 1.1 as the bridge speaks it (PROTOCOL.md).
+"""The QQ HTTP protocol 1.1 as the bridge speaks it (docs/protocol.md).
 
 - `wire`: the body grammar (percent-encoding, list fields); no I/O.
 - `codec`: one frozen dataclass per command; `encode` and `decode`; no I/O.

@@ -1,4 +1,4 @@
-"""Requests and replies of PROTOCOL.md §5, with no I/O.
+"""Requests and replies of docs/protocol.md §5, with no I/O.
 
 Each command is a frozen dataclass: `encode(command)` gives the request body, and
 `decode(command, body)` checks the reply's echo and `RES` and turns the rest into the
@@ -128,7 +128,7 @@ def decode(command: Command, body: bytes) -> Any:
         if got is None or got.upper() != expected:
             raise RemoteProtocolError(f"{command.CMD}: reply echoes {key}={got!r}, expected {expected!r}")
     if "RES" not in fields:
-        # e.g. the Query_Stat quirk (PROTOCOL.md §5): only the echo came back.
+        # e.g. the Query_Stat quirk (docs/protocol.md §5): only the echo came back.
         raise RemoteProtocolError(f"{command.CMD}: reply has no RES")
     res = _int(fields, "RES")
     if res != 0:

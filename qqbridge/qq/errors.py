@@ -2,7 +2,7 @@
 
     QQError
     ├── LocalProtocolError      we asked for something the protocol cannot carry
-    ├── RemoteProtocolError     the server's reply breaks PROTOCOL.md (no RES, bad echo, ...)
+    ├── RemoteProtocolError     the server's reply breaks docs/protocol.md (no RES, bad echo, ...)
     ├── NullReply               empty body: the server judged the request malformed; nothing changed
     ├── Refused                 a RES code other than 0
     │   ├── RateLimited         RES=3: too fast or a penalty window; wait it out, then retry
@@ -11,7 +11,7 @@
     ├── WrongPassword           Login answered RES=0&RS=1
     ├── ServerUnavailable       could not connect: the request was certainly not delivered
     └── OutcomeUnknown          sent, but no reply (timeout, dropped connection); retry with
-                                the same SEQ, which the server remembers (PROTOCOL.md §4)
+                                the same SEQ, which the server remembers (docs/protocol.md §4)
 
 Errors say whose fault they are, as h11's do: Local* is ours, Remote* is the server's.
 """
@@ -28,7 +28,7 @@ class LocalProtocolError(QQError):
 
 
 class RemoteProtocolError(QQError):
-    """The server sent something PROTOCOL.md does not allow (the server's fault)."""
+    """The server sent something docs/protocol.md does not allow (the server's fault)."""
 
 
 class NullReply(QQError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 
 class Status(enum.IntEnum):
-    """QQ presence codes (PROTOCOL.md §5 Change_Stat, Query_Stat, MT=99)."""
+    """QQ presence codes (docs/protocol.md §5 Change_Stat, Query_Stat, MT=99)."""
 
     ONLINE = 10
     OFFLINE = 20  # also how others see an invisible account
@@ -98,7 +98,7 @@ class Zodiac(enum.IntEnum):
         return "" if self.value == 0 else self.name.capitalize()
 
 
-# QQ numbers the protocol accepts (PROTOCOL.md §3: anything else is an illegal QQ number, RES=5).
+# QQ numbers the protocol accepts (docs/protocol.md §3: anything else is an illegal QQ number, RES=5).
 MIN_UIN, MAX_UIN = 10_000, 4_294_967_295
 
 

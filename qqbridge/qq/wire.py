@@ -1,4 +1,4 @@
-"""The body grammar of PROTOCOL.md §2, for the client side: no I/O, no commands.
+"""The body grammar of docs/protocol.md §2, for the client side: no I/O, no commands.
 
 A body is `KEY=VALUE` pairs joined by `&`. Values are UTF-8, percent-encoded: every
 byte outside `A-Z a-z 0-9 - _ . ~` becomes `%XX` (upper-case hex) and `+` is a literal

@@ -1,4 +1,4 @@
-"""qq-sim: a server speaking the QQ HTTP protocol 1.1 (PROTOCOL.md) from a fixture.
+"""qq-sim: a server speaking the QQ HTTP protocol 1.1 (docs/protocol.md) from a fixture.
 
 For tests, demos and benchmarks, so the bridge can run without Tencent's server::
 

@@ -1,4 +1,4 @@
-"""The eleven QQ commands: how a request body is judged and answered (PROTOCOL.md §3, §5).
+"""The eleven QQ commands: how a request body is judged and answered (docs/protocol.md §3, §5).
 
 It owns the judging order and one function per command. `answer(world, peer_ip, body)`
 takes a request body and returns a `Reply`: the body to send (None for NULL), how long

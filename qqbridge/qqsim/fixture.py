@@ -31,7 +31,7 @@ __all__ = ["Account", "Fixture", "FixtureError", "load_fixture", "PROFILE_KEYS",
 UIN_MIN = 10000
 UIN_MAX = 4294967295
 
-# Profile keys a fixture may set (PROTOCOL.md §5 GetInfo). FC, NK, UN and LV come from
+# Profile keys a fixture may set (docs/protocol.md §5 GetInfo). FC, NK, UN and LV come from
 # the account itself or the request, so a profile may not set them.
 PROFILE_KEYS = frozenset(
     "AD AG BT CO CT CV CY EM HP ID JB MO MT MV PC PH PR PV RN SC SH SX".split()

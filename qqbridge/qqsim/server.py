@@ -1,4 +1,4 @@
-"""The simulator's HTTP side (PROTOCOL.md §1) and its public `Simulator` object.
+"""The simulator's HTTP side (docs/protocol.md §1) and its public `Simulator` object.
 
 It owns the sockets: one request per TCP connection, parsed with h11, judged by
 `commands.answer`, answered with the §1 headers and closed. Slow replies (RES=3) are
@@ -41,7 +41,7 @@ _HEAD = (
 
 
 def http_response(body: bytes) -> bytes:
-    """One raw HTTP response with the headers of PROTOCOL.md §1."""
+    """One raw HTTP response with the headers of docs/protocol.md §1."""
     return _HEAD % len(body) + body
 
 

@@ -1,4 +1,4 @@
-"""The simulator's own reading and writing of QQ bodies (PROTOCOL.md §2); no I/O.
+"""The simulator's own reading and writing of QQ bodies (docs/protocol.md §2); no I/O.
 
 It owns the body grammar on the server side: splitting `KEY=VALUE&...` into fields,
 percent-decoding values strictly into UTF-8 text, and percent-encoding values and comma
@@ -17,7 +17,7 @@ __all__ = ["Malformed", "parse_body", "encode", "encode_list", "is_digits"]
 
 
 class Malformed(ValueError):
-    """The peer's request breaks PROTOCOL.md §2 (or a command's parameter rules)."""
+    """The peer's request breaks docs/protocol.md §2 (or a command's parameter rules)."""
 
 
 # Bytes written as themselves; every other byte becomes %XX (upper-case hex).

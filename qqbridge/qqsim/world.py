@@ -4,7 +4,7 @@ It owns all mutable state and the rules that change it; it does no I/O and reads
 only from an injected clock (monotonic seconds), so tests can step time. Every duration
 below is the protocol's figure multiplied by `time_scale`.
 
-Rules (PROTOCOL.md §4-§5, in the project's normative reading):
+Rules (docs/protocol.md §4-§5, in the project's normative reading):
 
 - Sessions are keyed by (client IP, UIN). A session with no request for LI (300 s)
   expires. An account is online while it has at least one session: the first Login

@@ -14,7 +14,7 @@ from typing import Any
 from qqbridge.store.database import Database
 from qqbridge.store.errors import InvalidValueError, NotFoundError
 
-# QQ numbers the protocol accepts (PROTOCOL.md section 3, RES=5).
+# QQ numbers the protocol accepts (docs/protocol.md section 3, RES=5).
 UIN_MIN, UIN_MAX = 10_000, 4_294_967_295
 # What a BIGINT column holds.
 BIGINT_MAX = 2**63 - 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from qqbridge.store.database import Database
 
-# SEQ is 1 to 10 decimal digits (PROTOCOL.md section 2); past the end the counter
+# SEQ is 1 to 10 decimal digits (docs/protocol.md section 2); past the end the counter
 # wraps to the clock.
 SEQ_MAX = 9_999_999_999
 

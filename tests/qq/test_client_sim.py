@@ -1,5 +1,5 @@
 """The client against the running simulator over real HTTP on loopback: every command
-of PROTOCOL.md §5 and its replies, sessions, SEQ idempotency and time-scaled windows."""
+of docs/protocol.md §5 and its replies, sessions, SEQ idempotency and time-scaled windows."""
 
 from __future__ import annotations
 

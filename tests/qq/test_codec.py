@@ -1,5 +1,5 @@
-"""The codec against fixed wire strings: PROTOCOL.md §5 and the seed's own example replies
-(with the translation's stray spaces removed, as PROTOCOL.md §2 reads them)."""
+"""The codec against fixed wire strings: docs/protocol.md §5 and the seed's own example replies
+(with the translation's stray spaces removed, as docs/protocol.md §2 reads them)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_query_stat_reply_of_the_seed() -> None:
 
 
 def test_query_stat_quirk_reply_without_res_is_a_protocol_error() -> None:
-    # PROTOCOL.md §5: TN=0 makes the body only the echo.
+    # docs/protocol.md §5: TN=0 makes the body only the echo.
     with pytest.raises(RemoteProtocolError, match="no RES"):
         codec.decode(codec.QueryStat(106814, 7, 0), ECHO.format(cmd="Query_Stat").encode())
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 LC = "9326B87B234E7235"
-# Which reply fields are comma lists, by command (PROTOCOL.md §2).
+# Which reply fields are comma lists, by command (docs/protocol.md §2).
 LIST_FIELDS = {"list": {"UN"}, "query_stat": {"FC", "ST", "UN", "NK"}, "getmsgex": {"MT", "UN", "MG"}}
 
 

@@ -1,4 +1,4 @@
-"""Every command's replies and errors (PROTOCOL.md §5), over real HTTP with raw bytes."""
+"""Every command's replies and errors (docs/protocol.md §5), over real HTTP with raw bytes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The simulator's body grammar (PROTOCOL.md §2), without I/O."""
+"""The simulator's body grammar (docs/protocol.md §2), without I/O."""
 
 from __future__ import annotations
 

@@ -54,12 +54,19 @@ async def serve() -> AsyncIterator[Serve]:
         await runner.setup()
         await guard.listen(runner.server, "127.0.0.1", 0)
         guard.release = release  # type: ignore[attr-defined]
+        guard.clients = []  # type: ignore[attr-defined]  # the test's own connections, closed at the end
         running.append((guard, runner))
         return guard
 
     yield start
     release.set()
     for guard, runner in running:
+        for writer in guard.clients:  # type: ignore[attr-defined]
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass  # the server closed it first
         guard.stop_listening()
         await runner.cleanup()
         guard.close_all()
@@ -67,6 +74,7 @@ async def serve() -> AsyncIterator[Serve]:
 
 async def connect(guard: ConnectionGuard) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", guard.port)
+    guard.clients.append(writer)  # type: ignore[attr-defined]
     await asyncio.sleep(0.02)  # let the server accept it, so that the order is known
     return reader, writer
 

@@ -206,6 +206,7 @@ def test_a_homeserver_that_cannot_reach_the_bridge_yet_is_only_logged(tmp_path: 
     finally:
         bridge.send_signal(signal.SIGTERM)
         assert bridge.wait(15) == 0
+        bridge.stderr.close()  # type: ignore[union-attr]
 
 
 def test_a_homeserver_not_answering_yet_is_waited_for_and_sigterm_ends_the_wait(tmp_path: Path) -> None:
@@ -224,3 +225,5 @@ def test_a_homeserver_not_answering_yet_is_waited_for_and_sigterm_ends_the_wait(
     finally:
         if bridge.poll() is None:
             bridge.kill()
+            bridge.wait()
+        bridge.stderr.close()  # type: ignore[union-attr]

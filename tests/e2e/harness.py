@@ -41,11 +41,11 @@ class Process:
 
     def start(self) -> None:
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qqbridge", *self.args], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(self.env or {})},
-        )  # fmt: skip
+        with self.log_path.open("ab") as log:  # the child has its own copy of the file
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "qqbridge", *self.args], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {})},
+            )  # fmt: skip
 
     def wait_for_log(self, text: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

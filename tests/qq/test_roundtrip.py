@@ -29,6 +29,7 @@ def sim_url() -> Iterator[str]:
     yield line.split("listening on ", 1)[1].split()[0]
     process.terminate()
     assert process.wait(10) == 0
+    process.stdout.close()
 
 
 async def _cross(url: str, text: str) -> list[model.Event]:

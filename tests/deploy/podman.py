@@ -167,9 +167,9 @@ def ensure_base() -> str:
                 ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", rootfs, DEBIAN_MIRROR],
                 check=True, stdout=subprocess.DEVNULL,
             )  # fmt: skip
-            tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-            podman("import", "--change", 'CMD ["python3"]', "-", BASE_IMAGE, stdin=tar.stdout, timeout=600)
-            assert tar.wait() == 0
+            with subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE) as tar:  # closes the pipe
+                podman("import", "--change", 'CMD ["python3"]', "-", BASE_IMAGE, stdin=tar.stdout, timeout=600)
+            assert tar.returncode == 0
         say(f"stand-in {BASE_IMAGE}: debootstrap and import in {time.monotonic() - started:.0f} s")
         return BASE_IMAGE
 

@@ -1,29 +1,40 @@
-"""QQ → Matrix: what GetMsgEx returned is stored first, then relayed in order.
+"""QQ → Matrix: what GetMsgEx returned is stored first, then relayed, in order per portal.
 
     poller ──events──▶ store_inbound (idempotent by account, GetMsgEx SEQ, index)
-        ──▶ relay each pending row:
+        ──▶ relay the pending rows, one lane per contact side by side:
             MT=9   the puppet posts the text in the portal (created if need be), plain text
             MT=99  the puppet's presence, set only on change
             MT=2   a friend-request prompt in the control room
             MT=3/4 a notice that the contact accepted / rejected the user's request
+                   (accepted: the new friend's presence is shown at once)
         Matrix send transaction ids come from the stored row, so relaying it again after
         a crash returns the event already sent instead of a second one.
+
+Order is kept where a person sees it, per portal: a contact's rows (its messages,
+friend request and answers) go one after another, in the order QQ gave them, while
+the lanes of different contacts go side by side, up to USER_SENDS relays in flight per
+user and ALL_SENDS for the whole bridge, so a burst from many friends moves at the
+homeserver's pace rather than one round trip at a time. A contact's status changes
+(MT=99) have lanes and bounds of their own (USER_STATUSES, ALL_STATUSES): presence never
+waits behind a queue of messages.
 
 A homeserver (or database) that is down leaves rows pending, while the poller goes on
 fetching and storing. For the homeserver, the relay task waits on the bridge's one
 homeserver watcher (`matrix.homeserver_health`, which probes it once a second) and
 goes the moment it answers, so every user's relay resumes within a probe of its
-return; for anything else that may pass (a 5xx, the database) it backs off. A row that
-cannot be relayed for a reason that will not pass — a sender that is not a QQ number
-(the server lied), content or a value the homeserver or the store refuses — is set
-aside (marked failed) with one notice to the user, and the rows after it flow: one
-poison row never blocks a user's later messages. An error nobody foresaw (a bug) gets
-UNKNOWN_TRIES tries, then is set aside the same way.
+return; for anything else that may pass (a 5xx, the database) it backs off. Either
+way no lane starts another row once one has met such a failure, so a lane never skips
+a row. A row that cannot be relayed for a reason that will not pass — a sender that is
+not a QQ number (the server lied), content or a value the homeserver or the store
+refuses — is set aside (marked failed) with one notice to the user, and the rows after
+it flow: one poison row never blocks a user's later messages. An error nobody foresaw
+(a bug) gets UNKNOWN_TRIES tries, then is set aside the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +53,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 UNKNOWN_TRIES = 5  # about 5 s of backoff
+USER_SENDS = 16  # a user's messages and notices being relayed at once (each lane one at a time)
+ALL_SENDS = 64  # the same for the whole bridge
+USER_STATUSES = 8  # a user's contacts' status changes being shown at once
+ALL_STATUSES = 32  # the same for the whole bridge
+IN_HAND = 256  # rows of one user read from the store and not yet done, at most
+PAGE = 128  # rows read beyond those in hand at a time
 RECHECK_OUTAGE = 60.0  # while the homeserver is down, look again anyway this often (no request goes out)
 _KINDS = {9: "message", 99: "status change", 2: "friend request", 3: "friend request answer",
           4: "friend request answer"}  # fmt: skip
@@ -94,6 +111,9 @@ class Inbound:
         self._wakers: dict[str, asyncio.Event] = {}
         self._relayers: dict[str, asyncio.Task[None]] = {}
         self._tries: dict[int, int] = {}  # inbound_id → failures of a kind nobody foresaw
+        self._runs: dict[str, _Run] = {}  # the users whose rows are being relayed now
+        self.user_sends, self.user_statuses = USER_SENDS, USER_STATUSES
+        self.all_sends, self.all_statuses = asyncio.Semaphore(ALL_SENDS), asyncio.Semaphore(ALL_STATUSES)
         watcher = getattr(bridge.matrix, "health", None)
         self.homeserver: HomeserverHealth | AlwaysAnswering = AlwaysAnswering()
         if isinstance(watcher, HomeserverHealth):
@@ -115,6 +135,9 @@ class Inbound:
     def wake(self, owner: str) -> None:
         """Relay what is stored for `owner`, starting the relay task if need be."""
         self._wakers.setdefault(owner, asyncio.Event()).set()
+        run = self._runs.get(owner)
+        if run is not None:
+            run.stir()  # a relay under way reads the new rows too
         task = self._relayers.get(owner)
         if task is None or task.done():
             self._relayers[owner] = asyncio.create_task(self._relay_forever(owner), name=f"relay {owner}")
@@ -149,30 +172,41 @@ class Inbound:
                 wake.set()
 
     async def relay_pending(self, owner: str) -> None:
-        """Relay every stored row of `owner`, in order. Raises when the homeserver or the
-        database is unreachable or failing (the rest stays pending); a row that cannot
-        be relayed for good is set aside, and the next one goes."""
-        while rows := await self.store.pending_inbound(owner):
-            for row in rows:
-                try:
-                    event_id = await self._relay(owner, row)
-                except asyncio.CancelledError:
+        """Relay every stored row of `owner`: each lane (a contact's messages and
+        notices, or a contact's status) in order, lanes side by side (see _Run). Raises
+        when the homeserver or the database is unreachable or failing (the rest stays
+        pending, and no lane starts another row); a row that cannot be relayed for good
+        is set aside, and the next one goes."""
+        run = _Run(self, owner)
+        self._runs[owner] = run
+        try:
+            await run.go()
+        finally:
+            if self._runs.get(owner) is run:
+                del self._runs[owner]
+
+    async def relay_row(self, owner: str, row: Any) -> None:
+        """Relay one row and mark it relayed, or set it aside; raises (the row stays
+        pending) on a failure that may pass, or on a bug's first UNKNOWN_TRIES - 1 tries."""
+        try:
+            event_id = await self._relay(owner, row)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if passing(exc):
+                raise
+            if not hopeless(exc):
+                tries = self._tries[row.inbound_id] = self._tries.get(row.inbound_id, 0) + 1
+                log.exception("relay failed", inbound_id=row.inbound_id, tries=tries)
+                if tries < UNKNOWN_TRIES:
                     raise
-                except Exception as exc:
-                    if passing(exc):
-                        raise
-                    if not hopeless(exc):
-                        tries = self._tries[row.inbound_id] = self._tries.get(row.inbound_id, 0) + 1
-                        log.exception("relay failed", inbound_id=row.inbound_id, tries=tries)
-                        if tries < UNKNOWN_TRIES:
-                            raise
-                    await self._set_aside(owner, row, exc)
-                    continue
-                self._tries.pop(row.inbound_id, None)
-                await self.store.mark_inbound_relayed(row.inbound_id, event_id)
-                if row.kind == 9:
-                    self.bridge.metrics.messages.labels("qq_to_matrix").inc()
-                    self.bridge.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
+            await self._set_aside(owner, row, exc)
+            return
+        self._tries.pop(row.inbound_id, None)
+        await self.store.mark_inbound_relayed(row.inbound_id, event_id)
+        if row.kind == 9:
+            self.bridge.metrics.messages.labels("qq_to_matrix").inc()
+            self.bridge.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
 
     async def _set_aside(self, owner: str, row: Any, exc: Exception) -> None:
         """Mark the row failed, telling the user once what it was and why (the notice's
@@ -226,12 +260,137 @@ class Inbound:
             account = bridge.accounts.get(owner)
             if account is not None:
                 account.friends.add(sender)
+                await self._befriended(account, sender)
             text = f"{label} accepted your friend request."
         elif row.kind == 4:
             text = f"{label} rejected your friend request" + (f": {quoted(row.content)}" if row.content else ".")
         else:
             text = f"QQ sent something this bridge does not understand (MT={row.kind} from {label}: {quoted(row.content)})."
         return await bridge.notice_user(owner, text, txn_id=txn_for("in", row.inbound_id))
+
+    async def _befriended(self, account: Any, uin: int) -> None:
+        """A contact accepted the user's request: their presence now, not at the next
+        status change or sync. A failure that may pass keeps the row pending (it is
+        tried again with it); any other is logged: the notice matters more."""
+        try:
+            await self.bridge.puppets.befriended(account.qq, uin)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if passing(exc):
+                raise
+            log.warning("could not show a new friend's presence", uin=uin, error=str(exc))
+
+
+Lane = tuple[str, int]  # ("contact" or "status", the contact's UIN)
+
+
+def lane_of(row: Any) -> Lane:
+    """The rows that must go one after another: a contact's status changes, and
+    everything else the contact sent (messages in their portal, a friend request and
+    its answer in the control room)."""
+    return ("status" if row.kind == 99 else "contact", row.sender_uin)
+
+
+class _Run:
+    """One pass over a user's pending rows (`Inbound.relay_pending`).
+
+    Reads the oldest pending rows (up to IN_HAND not yet done), hands each to its lane
+    in order, and each lane relays its rows one after another, taking a slot of the
+    user's and of the bridge's bound for each (status lanes their own). A row leaves
+    the hand only once the store says relayed or failed, so a row is never read again
+    while in a lane. The first failure that is raised (one that may pass, or a bug's
+    early tries) stops every lane before its next row; the rows left stay pending, and
+    it is raised once what was in flight is done."""
+
+    def __init__(self, inbound: Inbound, owner: str) -> None:
+        self.inbound, self.owner = inbound, owner
+        self.lanes: dict[Lane, collections.deque[Any]] = {}
+        self.workers: set[asyncio.Task[None]] = set()
+        self.in_hand: set[int] = set()
+        self.failure: BaseException | None = None
+        self.changed = asyncio.Event()  # a row done, a lane stopped, or new rows stored
+        self.stirred = False
+        self.sends = asyncio.Semaphore(inbound.user_sends)
+        self.statuses = asyncio.Semaphore(inbound.user_statuses)
+
+    def stir(self) -> None:
+        self.stirred = True
+        self.changed.set()
+
+    async def go(self) -> None:
+        try:
+            while self.failure is None:
+                self.stirred = False
+                more = await self._take()
+                if not self.in_hand:
+                    break
+                # Read again when rows are left in the store (or were stored since) and
+                # there is room for a good part of a page, or when all is done.
+                while self.failure is None and self.in_hand:
+                    if (more or self.stirred) and len(self.in_hand) <= IN_HAND - PAGE // 2:
+                        break
+                    self.changed.clear()
+                    await self.changed.wait()
+            if self.workers:
+                await asyncio.gather(*self.workers, return_exceptions=True)
+        finally:
+            for worker in self.workers:
+                worker.cancel()
+            if self.workers:
+                await asyncio.gather(*self.workers, return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
+
+    async def _take(self) -> bool:
+        """Read the pending rows and hand the new ones to their lanes; whether more
+        may be waiting in the store."""
+        limit = len(self.in_hand) + PAGE
+        rows = await self.inbound.store.pending_inbound(self.owner, limit=limit)
+        more = len(rows) == limit
+        for row in rows:
+            if row.inbound_id in self.in_hand:
+                continue
+            if len(self.in_hand) >= IN_HAND:
+                return True  # the rest (all newer) wait for room
+            self.in_hand.add(row.inbound_id)
+            lane = lane_of(row)
+            queue = self.lanes.get(lane)
+            if queue is None:
+                queue = self.lanes[lane] = collections.deque()
+                worker = asyncio.create_task(self._lane(lane, queue), name=f"relay {self.owner} {lane}")
+                self.workers.add(worker)
+                worker.add_done_callback(self.workers.discard)
+            queue.append(row)
+        return more
+
+    async def _lane(self, lane: Lane, queue: collections.deque[Any]) -> None:
+        inbound = self.inbound
+        status = lane[0] == "status"
+        mine, everyone = (self.statuses, inbound.all_statuses) if status else (self.sends, inbound.all_sends)
+        try:
+            while queue and self.failure is None:
+                row = queue[0]
+                async with mine, everyone:
+                    if self.failure is not None:
+                        break
+                    try:
+                        await inbound.relay_row(self.owner, row)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # the row stays pending; so does every row after it
+                        if self.failure is None:
+                            self.failure = exc
+                        break
+                queue.popleft()
+                self.in_hand.discard(row.inbound_id)
+                self.changed.set()
+        finally:
+            if self.lanes.get(lane) is queue:
+                del self.lanes[lane]
+            for row in queue:  # left pending, read again by the next pass
+                self.in_hand.discard(row.inbound_id)
+            self.changed.set()
 
 
 def _why(exc: Exception) -> str:

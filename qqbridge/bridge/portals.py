@@ -69,7 +69,7 @@ class Portals:
         """The user's membership in the room as the puppet sees it (None: none yet, or unknown)."""
         path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/m.room.member/{quote(user, safe='')}"
         try:
-            request = self.matrix.request  # type: ignore[attr-defined]
+            request = self.matrix.request
             answer = await request("GET", path, user_id=puppet, what=f"membership in {room_id}")
         except MatrixError as exc:
             if exc.status != 404:

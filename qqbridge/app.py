@@ -23,7 +23,7 @@ import contextlib
 import errno
 import secrets
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +40,7 @@ from qqbridge.matrix.appservice import AppserviceEndpoint
 from qqbridge.matrix.http_limits import ConnectionGuard, HttpLimits, fit_to_open_file_limit
 from qqbridge.metrics import Metrics
 from qqbridge.qq import QQClient
+from qqbridge.qq.pool import QQConnections
 from qqbridge.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -66,8 +67,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         matrix = HomeserverAPI(config.homeserver.url, config.appservice.as_token, config.bot_mxid)
         cleanup.push_async_callback(matrix.close)
 
-        def qq_for(uin: int) -> QQClient:
-            return QQClient(config.qq.server_url, uin, local_address=config.qq.local_address, timeout=config.qq.timeout)
+        connections = qq_connections(config)
+        cleanup.push_async_callback(connections.aclose)  # after the bridge has stopped its accounts
+        qq_for = qq_factory(config, connections)
 
         metrics = Metrics()
         bridge = Bridge(config, store, matrix, qq_for, metrics)
@@ -101,6 +103,21 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
                  homeserver=config.homeserver.url, bot=config.bot_mxid)  # fmt: skip
         await stop.wait()
         log.info("shutting down")
+
+
+def qq_connections(config: Config) -> QQConnections:
+    """The one HTTP client pool every QQ account shares (closed at shutdown)."""
+    return QQConnections(max_connections=config.qq.max_connections)
+
+
+def qq_factory(config: Config, connections: QQConnections) -> Callable[[int], QQClient]:
+    """A QQClient for a UIN, borrowing the shared pool: kilobytes an account."""
+    http = connections.client(config.qq.local_address)
+
+    def qq_for(uin: int) -> QQClient:
+        return QQClient(config.qq.server_url, uin, timeout=config.qq.timeout, http=http)
+
+    return qq_for
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

@@ -70,6 +70,10 @@ class QQ(_Section):
     server_url: str = "http://127.0.0.1:8000/"
     timeout: float = Field(45.0, gt=0, description="seconds; longer than the slow 30 s RES=3 reply")
     local_address: str | None = Field(None, description="source address for QQ requests")
+    max_connections: int = Field(256, ge=1, description="QQ requests in flight at once, all accounts together "
+                                 "(one shared HTTP client; one request per connection)")
+    logins_per_second: float = Field(200.0, gt=0, description="QQ logins a second, all accounts together "
+                                     "(paces the logins of a start-up with many accounts)")
     poll_fast: float = Field(1.0, gt=0, description="seconds between polls while a chat is active "
                              "(unset: 1 s times time_scale, at least 0.1 s)")
     poll_idle: float = Field(30.0, gt=0, description="slowest poll; never longer than the server's HI "

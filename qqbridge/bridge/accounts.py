@@ -18,6 +18,10 @@ that it is back. The friend sync after a login (`on_login`) failing for a reason
 than an outage does not stop polling: it is tried again later, with backoff, and the
 person is told once per distinct problem.
 
+Every login (at start-up, after a lost session) waits for a token of the `Pace` all
+accounts share (`qq.logins_per_second`), so a restart with 1,000 accounts is no login
+storm; each account polls as soon as its own login is through.
+
 One account's failure never touches another's: each runs in its own task, and
 everything it raises is caught there.
 """
@@ -34,7 +38,16 @@ from typing import Any
 import structlog
 
 from qqbridge.bridge.notices import one_line
-from qqbridge.bridge.outages import PROBE_INTERVAL, PROBE_UIN, OutageNotice, QQServer, clock_time, duration, outage_reason
+from qqbridge.bridge.outages import (
+    PROBE_INTERVAL,
+    PROBE_UIN,
+    OutageNotice,
+    QQServer,
+    clock_time,
+    duration,
+    outage_reason,
+)
+from qqbridge.bridge.pacing import Pace
 from qqbridge.bridge.ports import QQ, QQFactory
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
@@ -50,6 +63,7 @@ OUTAGE_NOTICE_AFTER = 60.0  # an account out of reach this long is told, once
 OUTAGE_QUIET = 600.0  # at most one pair of outage notices per account in this time
 DRAIN_ROUNDS = 20  # full GetMsgEx replies fetched back to back before a pause (1,000 messages)
 SESSION_LOSSES = 3  # RES=20 this often in a row, with no good poll between: pause with backoff
+LOGINS_PER_SECOND = 200.0  # all accounts together (qq.logins_per_second): 1,000 in 5 s, no storm
 
 
 class AccountState(enum.StrEnum):
@@ -104,8 +118,10 @@ class QQAccount:
         on_login: Hook | None = None,
         sender: Hook | None = None,
         metrics: Metrics | None = None,
+        logins: Pace | None = None,
     ) -> None:
         self.mxid, self.uin = mxid, uin
+        self._logins = logins  # shared by every account: no login storm at start-up
         self._password_md5 = password_md5
         self.qq = qq
         self._store = store
@@ -159,6 +175,8 @@ class QQAccount:
     async def login(self) -> model.LoginOk:
         """Log in now; WrongPassword, IllegalAccount and connection errors reach the caller."""
         self.state = AccountState.CONNECTING
+        if self._logins is not None:
+            await self._logins.take()
         answer = await self.qq.login(self._password_md5)
         self.logged_in, self.state = True, AccountState.ONLINE
         self.status = model.Status.ONLINE  # what QQ sets at login; `wanted_status` is restored after
@@ -430,9 +448,10 @@ class Accounts:
 
     def __init__(
         self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, *,
-        probe_interval: float = PROBE_INTERVAL, **options: Any,
+        probe_interval: float = PROBE_INTERVAL, logins_per_second: float = LOGINS_PER_SECOND, **options: Any,
     ) -> None:  # fmt: skip
         self._factory = qq_factory
+        self.logins = Pace(logins_per_second)
         self._store = store
         self._deliver = deliver
         self._notify = notify
@@ -448,7 +467,7 @@ class Accounts:
         qq = self._factory(uin)
         return QQAccount(
             mxid, uin, password_md5, qq=qq, store=self._store, deliver=self._deliver, notify=self._notify,
-            server=self.server_for(qq), **self._options,
+            server=self.server_for(qq), logins=self.logins, **self._options,
         )  # fmt: skip
 
     def server_for(self, qq: QQ) -> QQServer:

@@ -2,7 +2,8 @@
 
 One `QQClient` speaks for one QQ account (its UIN) from one local address; the server
 keys sessions by (client address, UIN), so `local_address` lets a test be "another
-computer" (127.0.0.2). Every method takes an optional `seq`: a caller that stored the
+computer" (127.0.0.2). The bridge's clients share one httpx client per server and
+address (`qqbridge.qq.pool.QQConnections`): an account costs kilobytes, not a megabyte. Every method takes an optional `seq`: a caller that stored the
 SEQ before sending can retry after `OutcomeUnknown` with the same one, and the server
 answers the repeat without acting twice (PROTOCOL.md §4).
 
@@ -63,21 +64,28 @@ class QQClient:
         max_friends: int = MAX_FRIENDS,
         next_seq: Callable[[], int] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
+        """`http`: a client shared with other QQClients (`qqbridge.qq.pool`), which this
+        one borrows and never closes; without it, the QQClient makes its own (on
+        `transport`, or one from `local_address`) and closes it in `aclose`."""
         self.server_url = server_url
         self.uin = uin
         self.timeout = timeout  # the whole request: connect, send, every byte of the reply
         self.max_reply_bytes = max_reply_bytes
         self.max_friends = max_friends
         self.next_seq = next_seq or seq_counter()
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
-        self._http = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)), follow_redirects=False
-        )
+        self._timeouts = httpx.Timeout(timeout, connect=min(10.0, timeout))  # per request: the client may be shared
+        self._owns_http = http is None
+        if http is None:
+            if transport is None:
+                transport = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
+            http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self._http = http
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
     async def __aenter__(self) -> QQClient:
         return self
@@ -96,6 +104,7 @@ class QQClient:
             self.server_url,
             content=codec.encode(command),
             headers={"Content-Type": "text/plain; charset=UTF-8", "Connection": "close"},
+            timeout=self._timeouts,
         )
         for name in list(request.headers):  # send exactly the headers of PROTOCOL.md §1
             if name.lower() not in _HEADERS_KEPT:

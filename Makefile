@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: setup test demo bench-sim bench-relay
+.PHONY: setup test demo bench bench-sim bench-relay
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ setup: $(VENV)/.installed
 # when none answers there.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The performance table of issue 11 in one run (about 9 minutes; BENCH_ARGS=--quick for about 5),
+# against a real Synapse and the simulator at time scale 1; writes docs/performance.md.
+bench: setup
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 bench-sim: setup
 	$(PY) bench/sim_rps.py

@@ -90,6 +90,7 @@ async def main(args: argparse.Namespace) -> None:
         options = dict(poll_fast=config.qq.poll_fast_seconds, poll_idle=config.qq.poll_idle_seconds)
         if not args.own_clients:  # the old code has no login pace
             options["logins_per_second"] = config.qq.logins_per_second
+            options["max_requests_per_second"] = config.qq.max_requests_per_second
         accounts = Accounts(factory, store, deliver, notify, **options)
         began = time.monotonic()
         for i in range(args.accounts):

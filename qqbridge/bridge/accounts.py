@@ -48,6 +48,7 @@ from qqbridge.bridge.outages import (
     outage_reason,
 )
 from qqbridge.bridge.pacing import Pace
+from qqbridge.bridge.poll_scheduler import PollScheduler
 from qqbridge.bridge.ports import QQ, QQFactory
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
@@ -119,8 +120,12 @@ class QQAccount:
         sender: Hook | None = None,
         metrics: Metrics | None = None,
         logins: Pace | None = None,
+        scheduler: PollScheduler | None = None,
     ) -> None:
         self.mxid, self.uin = mxid, uin
+        self._scheduler = scheduler  # shared: decides when this account polls (None: its own timer)
+        self._urgent = False  # poked: the next poll goes without waiting for a turn
+        self._got_message = False  # the latest poll fetched a user's message
         self._logins = logins  # shared by every account: no login storm at start-up
         self._password_md5 = password_md5
         self.qq = qq
@@ -195,7 +200,14 @@ class QQAccount:
                 self.logged_in = False
                 await self.login()
 
+    @property
+    def poll_idle(self) -> float:
+        """The slowest this account may be polled: poll_idle, capped by the server's HI."""
+        return self._poll_idle
+
     def start(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.add(self)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"poller {self.uin}")
         if self._sender is not None and (self._send_task is None or self._send_task.done()):
@@ -203,6 +215,9 @@ class QQAccount:
 
     def poke(self) -> None:
         """Poll now (a chat just became active)."""
+        if self._scheduler is not None:
+            self._scheduler.chatted(self)
+        self._urgent = True
         self._wake.set()
 
     async def stop(self, *, logout: bool) -> None:
@@ -210,6 +225,8 @@ class QQAccount:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._scheduler is not None:
+            self._scheduler.remove(self)
         await self.outage.close()
         if logout and self.logged_in:
             try:
@@ -235,6 +252,9 @@ class QQAccount:
                             await self.login()
                     log.info("QQ session open", uin=self.uin)
                 await self._sync_when_due()
+                if self._scheduler is not None:
+                    await self._scheduler.turn(self, urgent=self._urgent)
+                self._urgent = False
                 had_events = await self.poll_once()
             except asyncio.CancelledError:
                 raise
@@ -246,6 +266,11 @@ class QQAccount:
                 continue
             self._count("ok")
             self._reached()
+            if self._scheduler is not None:
+                if self._got_message:
+                    self._scheduler.chatted(self)
+                await self._pause(self._scheduler.interval(self))
+                continue
             idle = self._poll_fast if had_events else min(idle * 2, self._poll_idle)
             await self._pause(idle)
 
@@ -418,6 +443,7 @@ class QQAccount:
         SEQ is stored before it is sent and released only after `deliver` has stored
         the events."""
         got_any = False
+        self._got_message = False
         for _ in range(DRAIN_ROUNDS):
             key = f"getmsg-pending:{self.mxid}"
             pending = await self._store.get_state(key)
@@ -432,6 +458,7 @@ class QQAccount:
             if batch.events:
                 await self._deliver(self.mxid, seq, list(batch.events))
                 got_any = True
+                self._got_message = self._got_message or any(isinstance(e, model.Message) for e in batch.events)
                 self.fetched += len(batch.events)
             await self._store.set_state(key, None)
             self.last_poll = time.time()
@@ -448,10 +475,17 @@ class Accounts:
 
     def __init__(
         self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, *,
-        probe_interval: float = PROBE_INTERVAL, logins_per_second: float = LOGINS_PER_SECOND, **options: Any,
+        probe_interval: float = PROBE_INTERVAL, logins_per_second: float = LOGINS_PER_SECOND,
+        max_requests_per_second: float | None = None, **options: Any,
     ) -> None:  # fmt: skip
+        """`max_requests_per_second`: the poll budget of one PollScheduler for every
+        account (the bridge passes qq.max_requests_per_second); None, each account
+        polls on its own timer (fast after events, doubling towards poll_idle)."""
         self._factory = qq_factory
         self.logins = Pace(logins_per_second)
+        self.scheduler = None if max_requests_per_second is None else PollScheduler(
+            max_requests_per_second, poll_fast=options.get("poll_fast", 1.0), time_scale=options.get("time_scale", 1.0)
+        )  # fmt: skip
         self._store = store
         self._deliver = deliver
         self._notify = notify
@@ -467,7 +501,7 @@ class Accounts:
         qq = self._factory(uin)
         return QQAccount(
             mxid, uin, password_md5, qq=qq, store=self._store, deliver=self._deliver, notify=self._notify,
-            server=self.server_for(qq), logins=self.logins, **self._options,
+            server=self.server_for(qq), logins=self.logins, scheduler=self.scheduler, **self._options,
         )  # fmt: skip
 
     def server_for(self, qq: QQ) -> QQServer:

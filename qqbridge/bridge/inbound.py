@@ -242,7 +242,14 @@ class Inbound:
             if account is not None:
                 await bridge.puppets.learn_nick(account.qq, sender)
             stranger = account is not None and sender not in account.friends
-            room_id = await bridge.portals.room_for(owner, sender, stranger=stranger)
+            # The portal's room as stored, read without a write in the common case (a
+            # burst spends its time in the store's one writer otherwise); room_for when
+            # there is none yet, or a stranger's portal to mark as a friend's.
+            portal = await self.store.get_portal(owner, sender)
+            if portal is not None and portal.room_id and (stranger or not portal.stranger):
+                room_id = portal.room_id
+            else:
+                room_id = await bridge.portals.room_for(owner, sender, stranger=stranger)
             puppet = await bridge.puppets.ensure(sender)
             # Plain text, never HTML; and it mentions no one, so `@room` from QQ pings nobody.
             content = {"msgtype": "m.text", "body": row.content, "m.mentions": {}}

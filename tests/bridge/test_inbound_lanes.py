@@ -17,7 +17,7 @@ from qqbridge.bridge import inbound as inbound_module
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
-from qqbridge.qq import model
+from qqbridge.qq import errors, model
 from qqbridge.store import Store
 
 OWNER, OTHER = "@bob:example.org", "@carol:example.org"
@@ -248,3 +248,29 @@ async def test_an_accepted_friend_request_shows_the_new_friends_presence_at_once
     assert ("@_qq_20007:example.org", "unavailable") in matrix.presence
     assert any("accepted your friend request" in body for _, body, _ in matrix.sent)
     assert await states(bridge) == {"relayed": 1}
+
+
+async def test_a_strangers_portal_becomes_a_friends_when_they_are_one(bridge: Bridge) -> None:
+    """The portal's room is read without a write for each message; a stranger's portal
+    still learns that its contact became a friend."""
+    matrix: Homeserver = bridge.matrix  # type: ignore[assignment]
+
+    class QQ:
+        async def profile(self, uin: int, level: int = 3) -> model.Profile:
+            raise errors.ServerUnavailable("not now")
+
+    account = SimpleNamespace(qq=QQ(), friends=set(), uin=10001)
+    bridge.accounts.running[OWNER] = account  # type: ignore[assignment]
+    try:
+        await bridge.store.store_inbound(OWNER, 10001, 1, [(9, 20002, "who am I"), (9, 20002, "still me")])
+        await bridge.inbound.relay_pending(OWNER)
+        assert (await bridge.store.get_portal(OWNER, 20002)).stranger
+        account.friends.add(20002)
+        await bridge.store.store_inbound(OWNER, 10001, 2, [(9, 20002, "a friend now")])
+        await bridge.inbound.relay_pending(OWNER)
+    finally:
+        del bridge.accounts.running[OWNER]
+    portal = await bridge.store.get_portal(OWNER, 20002)
+    assert not portal.stranger
+    assert by_room(matrix)[portal.room_id][-3:] == ["who am I", "still me", "a friend now"]
+    assert matrix.rooms == 1

@@ -108,7 +108,20 @@ async def main(args: argparse.Namespace) -> None:
         times = sorted(first_poll.values())
         print(f"accounts {args.accounts}: {len(times)} polling; first poll p50 {times[len(times) // 2]:.2f} s, "
               f"all in {times[-1]:.2f} s" if times else "none polled")  # fmt: skip
+        requests = [0]
+        send = QQClient.request
+
+        async def counted(self: QQClient, command: object) -> object:
+            requests[0] += 1
+            return await send(self, command)  # type: ignore[arg-type]
+
+        QQClient.request = counted  # type: ignore[method-assign]
+        await asyncio.sleep(args.warm)  # past the start-up's first polls: the steady state
+        requests[0] = 0
+        cpu, wall = time.process_time(), time.monotonic()
         await asyncio.sleep(args.idle)
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        print(f"idle {wall:.0f} s: {requests[0] / wall:.1f} QQ requests/s, {100 * cpu / wall:.1f} % of a core")
         gc.collect()
         rss = rss_mb()
         print(f"RSS {rss:.1f} MB (before the accounts: {base:.1f} MB; "
@@ -138,6 +151,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idling before measuring")
+    parser.add_argument("--warm", type=float, default=0.0, help="seconds after start-up before idling is measured")
     parser.add_argument("--own-clients", action="store_true", help="one httpx client per account (the old way)")
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--frames", type=int, default=1)

@@ -117,6 +117,7 @@ class QQAccount:
         time_scale: float = 1.0,
         server: QQServer | None = None,
         on_login: Hook | None = None,
+        alert: Notify | None = None,
         sender: Hook | None = None,
         metrics: Metrics | None = None,
         logins: Pace | None = None,
@@ -132,6 +133,7 @@ class QQAccount:
         self._store = store
         self._deliver = deliver
         self._notify = notify
+        self._alert = alert or notify  # for what needs the person's answer: it rings
         self._poll_fast, self._poll_idle = poll_fast, poll_idle
         self._scale = time_scale
         self._backoff = Backoff(min(1.0, poll_idle), backoff_cap)
@@ -350,7 +352,7 @@ class QQAccount:
         self._poll_error = str(exc)
         await self.outage.close()  # the notice below says what there is to say
         await self._store.set_login_state(self.mxid, "bad_password")
-        await self._notify(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
+        await self._alert(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
                            f"polling stopped. Type `login {self.uin}` to log in again.")
 
     # ---- the friend sync after a login -------------------------------------------------

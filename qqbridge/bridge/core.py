@@ -76,6 +76,7 @@ class Bridge:
             poll_fast=config.qq.poll_fast_seconds, poll_idle=config.qq.poll_idle_seconds, backoff_cap=60.0 * scale,
             time_scale=scale, logins_per_second=config.qq.logins_per_second,
             max_requests_per_second=config.qq.max_requests_per_second,
+            alert=lambda mxid, text: self.tell_user(mxid, text, notify=True),  # a stopped login needs an answer
             on_login=self.sync_account, sender=self.outbox.run, metrics=self.metrics,
         )  # fmt: skip
         self.control = ControlRoom(self)

@@ -127,12 +127,18 @@ async def test_wrong_password_stops_that_account_only() -> None:
     async def notify(mxid: str, text: str) -> None:
         told.append((mxid, text))
 
-    accounts = Accounts(clients.__getitem__, store, deliver, notify, poll_fast=0.01, poll_idle=0.05)
+    alerted: list[tuple[str, str]] = []
+
+    async def alert(mxid: str, text: str) -> None:  # what needs an answer rings (core: notify=True)
+        alerted.append((mxid, text))
+
+    accounts = Accounts(clients.__getitem__, store, deliver, notify, poll_fast=0.01, poll_idle=0.05, alert=alert)
     await accounts.resume("@a:x", 10001, "0" * 32)
     await accounts.resume("@b:x", 10002, "0" * 32)
     await until(lambda: accounts.get("@a:x").state is AccountState.BAD_PASSWORD and delivered)
     assert store.login_state == {"@a:x": "bad_password"}
-    assert told and told[0][0] == "@a:x" and "incorrect password" in told[0][1]
+    assert alerted and alerted[0][0] == "@a:x" and "incorrect password" in alerted[0][1]
+    assert not [text for _, text in told if "incorrect password" in text]  # said once, and ringing
     assert accounts.get("@b:x").state is AccountState.ONLINE
     await accounts.close()
 

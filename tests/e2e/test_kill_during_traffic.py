@@ -1,17 +1,29 @@
 """The bridge SIGKILLed in the middle of two-way traffic (issue 9, item 5): every message
 arrives exactly once, in order per chat, and the restarted bridge earns no QQ penalty
-(its pacing is rebuilt from the stored send times)."""
+(its pacing is rebuilt from the stored send times). On both stores: for PostgreSQL the
+session's bridge process is swapped for one on a fresh PostgreSQL database (same port,
+tokens and registration), and swapped back afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
+import uuid
+from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
+import pytest
+import yaml
 
 from qqbridge.qq import model
-from tests.e2e.test_control_room import command
+from tests.e2e.conftest import QQ_PASSWORDS
+from tests.e2e.test_control_room import command, control_room
+
+POSTGRES_URL = os.environ.get("QQBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_POSTGRES = os.environ.get("QQBRIDGE_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
 
 TO_QQ, FROM_QQ = 12, 20
 
@@ -25,8 +37,42 @@ async def portal_texts(stack, person, room: str, sender: str) -> list[str]:
             if e["sender"] == sender and e["type"] == "m.room.message"]  # fmt: skip
 
 
-async def test_sigkill_during_two_way_traffic_loses_and_doubles_nothing(stack, bridged, qq) -> None:
-    person, room = await bridged("hostile19", 10001)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request, stack) -> AsyncIterator[str]:
+    """The store the session's bridge runs on during the test."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    name = f"qqbridge_kill_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    config = yaml.safe_load(stack.config_path.read_text())
+    config["database"]["url"] = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    pg_config = stack.config_path.with_name("config-postgresql.yaml")
+    pg_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    original = list(stack.bridge.args)
+    stack.bridge.args = ["run", "-c", str(pg_config)]
+    stack.restart_bridge()
+    try:
+        yield "postgresql"
+    finally:
+        stack.bridge.args = original
+        stack.restart_bridge()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_sigkill_during_two_way_traffic_loses_and_doubles_nothing(stack, user, qq, backend) -> None:
+    person = await user("hostile19" if backend == "sqlite" else "hostile9")
+    room = await control_room(person, stack)
+    await command(person, room, "login 10001", "next message", stack)
+    await person.say(room, QQ_PASSWORDS[10001])
+    await person.wait_for_text(room, "Logged into QQ as 10001", sender=stack.bot, timeout=60)
     bob = await qq(10002)
     puppet = "@_qq_10002:localhost"
     await command(person, room, "open 10002", "Your portal", stack)
@@ -66,3 +112,4 @@ async def test_sigkill_during_two_way_traffic_loses_and_doubles_nothing(stack, b
     assert received == [f"m{n}" for n in range(TO_QQ)]
     assert await portal_texts(stack, person, portal, puppet) == [f"q{n}" for n in range(FROM_QQ)]
     assert "QQ said too fast" not in stack.bridge.log()[log_start:]  # no penalty earned across the kill
+    await command(person, room, "logout", "Logged out", stack)

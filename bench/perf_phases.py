@@ -264,23 +264,31 @@ class Run:
 
     async def idle(self, accounts: int, settle: float, window: float) -> None:
         """The bridge restarted with `accounts` logged-in accounts (the chat and burst
-        owners among them, the rest idle): start-up until all poll, then, once settled,
-        memory, CPU and requests over `window` s, while each chat friend writes one
-        message to their owner, who has been quiet since the restart."""
+        owners among them, the rest idle), talking to QQ through a tap: start-up until
+        every account has polled, and the logins a second the server took; then, once
+        settled, memory, CPU and requests over `window` s, while each chat friend writes
+        one message to their owner, who has been quiet since the restart."""
         stack = self.stack
         await stack.stop_bridge()
+        tap = await stack.tap_qq()
         extra = idle_uins(max(0, accounts - (self.chats + 1)))
         await stack.add_idle_accounts(extra)
-        self.accounts = self.chats + 1 + len(extra)
+        uins = {CHAT_OWNER + i for i in range(self.chats)} | {BURST_OWNER} | set(extra)
+        self.accounts = len(uins)
+        tap.reset()
         spawned = time.monotonic()
-        startup = asyncio.create_task(self._until_all_poll(self.accounts, spawned))
         await stack.start_bridge()
         ready = time.monotonic() - spawned
-        all_poll = await startup
-        self.say(f"  {self.accounts} accounts: ready after {ready:.1f} s, all polling after {all_poll:.1f} s")
-        await asyncio.sleep(settle)
+        while len(uins & tap.first_poll.keys()) < len(uins):
+            if time.monotonic() - spawned > 300:
+                raise BenchFailure(f"only {len(uins & tap.first_poll.keys())} of {len(uins)} accounts polled "
+                                   "within 300 s of the start")  # fmt: skip
+            await asyncio.sleep(0.1)
+        all_poll = max(tap.first_poll[uin] for uin in uins) - spawned
+        logins = [when for when, uin, cmd in tap.seen if cmd == "Login" and uin in uins]
+        self.say(f"  {self.accounts} accounts: ready after {ready:.1f} s, all polled after {all_poll:.1f} s")
+        await asyncio.sleep(max(0.0, settle - (time.monotonic() - spawned - all_poll)))
         cpu0, m0, t0 = stack.cpu(), await stack.metrics(), time.monotonic()
-        quiet_since = spawned
         sent: dict[str, float] = {}
 
         async def write(i: int) -> None:
@@ -301,30 +309,18 @@ class Run:
         rows = await stack.wait_relayed(f"quiet {accounts}.", self.chats, 90)
         ts = await stack.event_times(rows)
         quiet = [ts[r["matrix_event_id"]] - sent[r["content"]] for r in rows if r["matrix_event_id"] in ts]
-        polls = sum(value(m1, "qqbridge_polls_total", result=r) - value(m0, "qqbridge_polls_total", result=r)
-                    for r in ("ok", "error"))  # fmt: skip
+        requests = tap.between(t0, t1)
         self.results.idle.append({
             "accounts": self.accounts, "ready": ready, "all_poll": all_poll,
+            "logins": len(logins), "login_span": (max(logins) - min(logins)) if logins else math.nan,
+            "logins_busiest_second": tap.busiest_second("Login"),
             "rss_mib": (rss or 0) / 1024, "hwm_mib": (hwm or 0) / 1024,
             "cpu": (cpu1["bridge"] - cpu0["bridge"]) / (t1 - t0), "sim_cpu": (cpu1["qq-sim"] - cpu0["qq-sim"]) / (t1 - t0),
-            "polls_per_s": polls / (t1 - t0), "quiet": quantiles(quiet), "quiet_for": t0 - quiet_since,
-            "window": t1 - t0,
+            "requests_per_s": sum(requests.values()) / (t1 - t0),
+            "requests": {cmd: n / (t1 - t0) for cmd, n in sorted(requests.items())},
+            "polls_per_s": sum(value(m1, "qqbridge_polls_total", result=r) - value(m0, "qqbridge_polls_total", result=r)
+                               for r in ("ok", "error")) / (t1 - t0),
+            "quiet": quantiles(quiet), "quiet_for": t0 - spawned, "window": t1 - t0,
         })  # fmt: skip
         if len(quiet) < self.chats:
             self.results.notes.append(f"{accounts} accounts: only {len(quiet)} of {self.chats} quiet messages arrived")
-
-    async def _until_all_poll(self, accounts: int, spawned: float, timeout: float = 300) -> float:
-        """Seconds from the bridge's spawn until `accounts` accounts are online and as
-        many polls have been answered (each account has polled at least once, as a rule)."""
-        while time.monotonic() - spawned < timeout:
-            try:
-                samples = await self.stack.metrics()
-            except Exception:  # not listening yet
-                await asyncio.sleep(0.1)
-                continue
-            online = value(samples, "qqbridge_accounts", state="online")
-            polls = value(samples, "qqbridge_polls_total", result="ok")
-            if online >= accounts and polls >= accounts:
-                return time.monotonic() - spawned
-            await asyncio.sleep(0.1)
-        raise BenchFailure(f"{accounts} accounts were not all polling {timeout:.0f} s after the bridge started")

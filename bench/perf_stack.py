@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import yaml  # noqa: E402
+from aiohttp import web  # noqa: E402
 
 from bench.relay_parts import cpu_seconds, scrape, status_kib, value, wait_for_log  # noqa: E402
 from qqbridge.local import LocalSynapse  # noqa: E402
@@ -151,6 +153,80 @@ class Friend:
         await self.client.aclose()
 
 
+# ---- what the QQ server sees ------------------------------------------------------------
+
+
+class QQTap:
+    """A pass-through in front of the simulator that notes every request the bridge
+    makes (when, UIN, CMD): which account polled first when, how many logins a second
+    the server took, and the requests a second by command. Used for the idle phases
+    only (it costs the bench a little CPU per request, and every request a hop)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.seen: list[tuple[float, int, str]] = []  # (monotonic time, UIN, CMD)
+        self.first_poll: dict[int, float] = {}
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.first_poll.clear()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._pass)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port("127.0.0.1")
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=0), timeout=aiohttp.ClientTimeout(total=120)
+        )
+        self.url = f"http://127.0.0.1:{port}/"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _pass(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        fields = dict(part.split("=", 1) for part in body.decode("utf-8", "replace").split("&") if "=" in part)
+        now, cmd = time.monotonic(), fields.get("CMD", "?")
+        uin = int(fields["UIN"]) if fields.get("UIN", "").isdigit() else 0
+        self.seen.append((now, uin, cmd))
+        if cmd == "GetMsgEx":
+            self.first_poll.setdefault(uin, now)
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": request.headers.get("Content-Type", "text/plain")}
+        ) as answer:
+            reply = await answer.read()
+            return web.Response(body=reply, status=answer.status,
+                                headers={"Content-Type": answer.headers.get("Content-Type", "text/plain")})  # fmt: skip
+
+    def between(self, start: float, end: float) -> dict[str, int]:
+        """Requests by command within [start, end)."""
+        counts: dict[str, int] = {}
+        for when, _, cmd in self.seen:
+            if start <= when < end:
+                counts[cmd] = counts.get(cmd, 0) + 1
+        return counts
+
+    def busiest_second(self, cmd: str) -> int:
+        """The most `cmd` requests within any one second."""
+        times = [when for when, _, c in self.seen if c == cmd]
+        most, lo = 0, 0
+        for hi, when in enumerate(times):
+            while when - times[lo] >= 1.0:
+                lo += 1
+            most = max(most, hi - lo + 1)
+        return most
+
+
 # ---- the stack --------------------------------------------------------------------------
 
 
@@ -165,6 +241,7 @@ class Stack:
     config_path: Path
     as_token: str
     started_at: float = 0.0  # monotonic time the bridge process was last started
+    tap: QQTap | None = None
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30))
 
     @property
@@ -193,6 +270,16 @@ class Stack:
         return value(await self.metrics(), name, **labels)
 
     # -- the bridge process -----------------------------------------------------------
+
+    async def tap_qq(self) -> QQTap:
+        """From the next start on, the bridge talks to QQ through a `QQTap`."""
+        if self.tap is None:
+            self.tap = QQTap(self.sim_url)
+            await self.tap.start()
+            config = yaml.safe_load(self.config_path.read_text())
+            config["qq"]["server_url"] = self.tap.url
+            self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return self.tap
 
     async def start_bridge(self) -> None:
         self.started_at = time.monotonic()

@@ -161,6 +161,8 @@ def main() -> int:
         finally:
             await run.close()
             await stack.http.aclose()
+            if stack.tap is not None:
+                await stack.tap.close()
 
     code = 0
     try:

@@ -7,8 +7,8 @@ every account is resumed at once, as at a restart, and the script waits until ea
 logged in and polled once (the start-up time), lets them idle, then prints the RSS of
 this process, per account, and (with --tracemalloc) the top 10 allocation sites.
 
-    .venv/bin/python tools/idle_accounts.py --accounts 1000 [--idle 10] [--tracemalloc]
-    .venv/bin/python tools/idle_accounts.py --accounts 1000 --own-clients   # one httpx client each (the old way)
+    .venv/bin/python bench/idle_accounts.py --accounts 1000 [--idle 10] [--tracemalloc]
+    .venv/bin/python bench/idle_accounts.py --accounts 1000 --own-clients   # one httpx client each (the old way)
 """
 
 from __future__ import annotations

@@ -37,6 +37,19 @@ class BenchFailure(Exception):
     pass
 
 
+def cpu_between(samples: list[tuple[float, dict[str, float]]], name: str, start: float, end: float) -> float:
+    """CPU seconds of process `name` from wall time `start` to `end`, interpolated
+    between the samples (taken every 0.2 s)."""
+
+    def at(when: float) -> float:
+        for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
+            if t0 <= when <= t1:
+                return c0[name] + (c1[name] - c0[name]) * ((when - t0) / (t1 - t0) if t1 > t0 else 0)
+        return samples[0][1][name] if when < samples[0][0] else samples[-1][1][name]
+
+    return at(end) - at(start) if len(samples) > 1 else math.nan
+
+
 def quantiles(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -185,9 +198,9 @@ class Run:
 
         async def one(k: int) -> None:
             uin = order[k % len(order)]
+            content = {"msgtype": "m.text", "body": f"{tag} {k}", "m.mentions": {}}  # as the bridge sends them
             async with window:
-                await api.send(rooms[uin], {"msgtype": "m.text", "body": f"{tag} {k}"}, txn_id=f"{tag}-{k}",
-                               user_id=f"@_qq_{uin}:localhost")  # fmt: skip
+                await api.send(rooms[uin], content, txn_id=f"{tag}-{k}", user_id=f"@_qq_{uin}:localhost")
 
         try:
             await one(0)  # the pool's first connection
@@ -229,8 +242,13 @@ class Run:
         total = each * len(friends)
         cpu0 = stack.cpu()
         started = time.time()
-        await qq_login(person, control, BURST_OWNER)
-        rows = await stack.wait_relayed("burst ", total, 300)
+        samples: list[tuple[float, dict[str, float]]] = []  # (wall time, CPU seconds by process)
+        sampler = asyncio.create_task(self._sample_cpu(samples))
+        try:
+            await qq_login(person, control, BURST_OWNER)
+            rows = await stack.wait_relayed("burst ", total, 300)
+        finally:
+            sampler.cancel()
         cpu1 = stack.cpu()
         timelines = await stack.timelines(rows)
         times = sorted(ts for events in timelines.values() for _, ts in events)
@@ -253,12 +271,23 @@ class Run:
             "bridge_cpu_s": cpu1["bridge"] - cpu0["bridge"], "synapse_cpu_s": cpu1["synapse"] - cpu0["synapse"],
             "raw16_synapse_cpu": (self.raw_cpu[0] + self.raw_cpu[2]) / 2 if len(self.raw_cpu) >= 3 else math.nan,
         }  # fmt: skip
+        if len(times) > 1:  # while busy: from the first event on Synapse to the last
+            used = {name: cpu_between(samples, name, times[0], times[-1]) for name in ("bridge", "synapse")}
+            self.results.burst |= {
+                "busy_synapse_load": used["synapse"] / busy, "busy_bridge_load": used["bridge"] / busy,
+                "busy_synapse_cpu": used["synapse"] / (len(times) - 1),
+            }  # fmt: skip
         if len(rows) < total:
             self.results.notes.append(f"burst: only {len(rows)} of {total} messages reached Matrix")
         if not order_ok:
             self.results.notes.append("burst: OUT OF ORDER within a portal")
         if doubled:
             self.results.notes.append(f"burst: {doubled} messages DOUBLED in Matrix")
+
+    async def _sample_cpu(self, samples: list[tuple[float, dict[str, float]]]) -> None:
+        while True:
+            samples.append((time.time(), self.stack.cpu()))
+            await asyncio.sleep(0.2)
 
     # -- idle accounts, start-up, the first message after quiet ----------------------
 

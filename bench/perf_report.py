@@ -195,11 +195,15 @@ def growth(results: Any) -> list[str]:
                 f"({burst['rate']:.0f} msg/s), {per:.1f} ms of bridge CPU and {hs:.1f} ms of Synapse CPU per message "
                 f"(fetching all of them from QQ took {burst['fetch_span']:.1f} s; login to the last one on Synapse "
                 f"{burst['login_to_last']:.1f} s). Synapse alone took {burst['raw16']:.0f} events a second with "
-                f"16 in flight and {burst['raw1']:.0f} one at a time, at {burst['raw16_synapse_cpu'] * 1000:.1f} ms "
-                "of its CPU per event: the difference is what the bridge's messages cost Synapse besides the event "
-                "(the appservice transaction that echoes it to the bridge is in both; the owner's login and its "
-                "friends' presence only in the bridge's)."
+                f"16 in flight and {burst['raw16_synapse_cpu'] * 1000:.1f} ms of its CPU per event; "
+                f"{burst['raw1']:.0f} one at a time."
             )
+            if "busy_synapse_cpu" in burst:
+                out.append(
+                    f"- while the bridge's burst was busy (first to last event on Synapse), Synapse used "
+                    f"{pct(burst['busy_synapse_load'])} of a core, {burst['busy_synapse_cpu'] * 1000:.1f} ms per "
+                    f"event, and the bridge {pct(burst['busy_bridge_load'])}."
+                )
     return out
 
 

@@ -187,10 +187,10 @@ class QQTap:
         self.url = f"http://127.0.0.1:{port}/"
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
 
     async def _pass(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -201,12 +201,15 @@ class QQTap:
         if cmd == "GetMsgEx":
             self.first_poll.setdefault(uin, now)
         assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": request.headers.get("Content-Type", "text/plain")}
-        ) as answer:
-            reply = await answer.read()
-            return web.Response(body=reply, status=answer.status,
-                                headers={"Content-Type": answer.headers.get("Content-Type", "text/plain")})  # fmt: skip
+        try:
+            async with self._session.post(
+                self.upstream, data=body, headers={"Content-Type": request.headers.get("Content-Type", "text/plain")}
+            ) as answer:
+                reply = await answer.read()
+                return web.Response(body=reply, status=answer.status,
+                                    headers={"Content-Type": answer.headers.get("Content-Type", "text/plain")})  # fmt: skip
+        except aiohttp.ClientError as exc:  # the simulator is gone (the end of the run): as if unreachable
+            return web.Response(status=502, text=str(exc))
 
     def between(self, start: float, end: float) -> dict[str, int]:
         """Requests by command within [start, end)."""

@@ -16,7 +16,8 @@ configuration on loopback (`perf_stack.py`), then (`perf_phases.py`):
    after quiet.
 
 Writes the table, how the cost grows and a projection for 10,000 accounts to
-docs/performance.md (--out; --no-write to only print it). The older benchmarks stay:
+docs/performance.md (--out; --no-write to only print it), keeping what follows the line
+`<!-- kept by bench/run_all.py -->` there (notes written by hand). The older benchmarks stay:
 `make bench-relay` (relay throughput at time scale 0.001), `make bench-sim`, and
 bench/presence_refresh.py.
 
@@ -91,6 +92,7 @@ def describe(args: argparse.Namespace, started: float, quick: bool) -> str:
 
 
 PHASES = ("chat", "m2q", "burst", "idle")
+KEPT = "<!-- kept by bench/run_all.py -->"  # from this line on, the page is written by hand and kept
 
 
 async def measure(run: Run, plan: dict[str, Any], accounts: list[int], only: set[str]) -> None:
@@ -190,7 +192,11 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(run.results), indent=1, default=str))
     if not args.no_write and only == set(PHASES):
-        Path(args.out).write_text(text, encoding="utf-8")
+        out = Path(args.out)
+        before = out.read_text(encoding="utf-8") if out.exists() else ""
+        if KEPT in before:  # the notes written by hand stay
+            text += "\n" + before[before.index(KEPT) :]
+        out.write_text(text, encoding="utf-8")
         say(f"written to {args.out}")
     if code == 0 and not args.keep:
         shutil.rmtree(work, ignore_errors=True)

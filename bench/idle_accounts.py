@@ -49,7 +49,7 @@ def rss_mb() -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from qqbridge.bridge.accounts import Accounts
+    from qqbridge.bridge.account_registry import Accounts
     from qqbridge.config import Config
     from qqbridge.qq import QQClient
     from qqbridge.store import Store

@@ -39,8 +39,6 @@ import structlog
 
 from qqbridge.bridge.notices import one_line
 from qqbridge.bridge.outages import (
-    PROBE_INTERVAL,
-    PROBE_UIN,
     OutageNotice,
     QQServer,
     clock_time,
@@ -49,7 +47,7 @@ from qqbridge.bridge.outages import (
 )
 from qqbridge.bridge.pacing import Pace
 from qqbridge.bridge.poll_scheduler import PollScheduler
-from qqbridge.bridge.ports import QQ, QQFactory
+from qqbridge.bridge.ports import QQ
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
 
@@ -469,83 +467,3 @@ class QQAccount:
                 return got_any
         log.info("GetMsgEx replies stay full; pausing before fetching more", uin=self.uin, rounds=DRAIN_ROUNDS)
         return got_any
-
-
-class Accounts:
-    """Every running QQAccount, by Matrix user; and one `QQServer` per server URL, whose
-    probe the accounts on it share."""
-
-    def __init__(
-        self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, *,
-        probe_interval: float = PROBE_INTERVAL, logins_per_second: float = LOGINS_PER_SECOND,
-        max_requests_per_second: float | None = None, **options: Any,
-    ) -> None:  # fmt: skip
-        """`max_requests_per_second`: the poll budget of one PollScheduler for every
-        account (the bridge passes qq.max_requests_per_second); None, each account
-        polls on its own timer (fast after events, doubling towards poll_idle)."""
-        self._factory = qq_factory
-        self.logins = Pace(logins_per_second)
-        self.scheduler = None if max_requests_per_second is None else PollScheduler(
-            max_requests_per_second, poll_fast=options.get("poll_fast", 1.0), time_scale=options.get("time_scale", 1.0)
-        )  # fmt: skip
-        self._store = store
-        self._deliver = deliver
-        self._notify = notify
-        self._probe_interval = probe_interval
-        self._options = options
-        self.running: dict[str, QQAccount] = {}
-        self.servers: dict[str, QQServer] = {}
-
-    def get(self, mxid: str) -> QQAccount | None:
-        return self.running.get(mxid)
-
-    def new(self, mxid: str, uin: int, password_md5: str) -> QQAccount:
-        qq = self._factory(uin)
-        return QQAccount(
-            mxid, uin, password_md5, qq=qq, store=self._store, deliver=self._deliver, notify=self._notify,
-            server=self.server_for(qq), logins=self.logins, scheduler=self.scheduler, **self._options,
-        )  # fmt: skip
-
-    def server_for(self, qq: QQ) -> QQServer:
-        """The health of `qq`'s server, shared by every account on it. A QQ that names
-        no server (a test's fake) gets one of its own that is never probed."""
-        url = getattr(qq, "server_url", None)
-        if not isinstance(url, str):
-            return QQServer(f"QQ {qq.uin}", None)
-        if url not in self.servers:
-            self.servers[url] = QQServer(url, self._probe, interval=self._probe_interval)
-        return self.servers[url]
-
-    async def _probe(self) -> None:
-        """Logout of UIN 1: every honest server answers RES=0 at once, and no one can be
-        logged in as an illegal QQ number, so it ends no one's session."""
-        client = self._factory(PROBE_UIN)
-        try:
-            await client.logout()
-        finally:
-            await client.aclose()
-
-    async def begin(self, account: QQAccount) -> None:
-        """Take over an account that has logged in, and start polling for it."""
-        old = self.running.pop(account.mxid, None)
-        if old is not None:
-            await old.stop(logout=old.uin != account.uin)
-        self.running[account.mxid] = account
-        account.start()
-
-    async def resume(self, mxid: str, uin: int, password_md5: str) -> None:
-        """At start-up: poll again for an account that was logged in (it logs in quietly)."""
-        account = self.new(mxid, uin, password_md5)
-        self.running[mxid] = account
-        account.start()
-
-    async def end(self, mxid: str, *, logout: bool = True) -> QQAccount | None:
-        account = self.running.pop(mxid, None)
-        if account is not None:
-            await account.stop(logout=logout)
-        return account
-
-    async def close(self) -> None:
-        """Shutdown: stop every poller; sessions stay open on QQ so a restart resumes them."""
-        await asyncio.gather(*(self.end(mxid, logout=False) for mxid in list(self.running)))
-        await asyncio.gather(*(server.close() for server in self.servers.values()))

@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-from qqbridge.bridge.accounts import Accounts, AccountState, QQAccount
+from qqbridge.bridge.account_registry import Accounts
+from qqbridge.bridge.accounts import AccountState, QQAccount
 from qqbridge.bridge.commands import CommandError
 from qqbridge.bridge.control_room import ENCRYPTED, ControlRoom
 from qqbridge.bridge.friend_requests import FriendRequests

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from qqbridge.bridge.accounts import Accounts
+from qqbridge.bridge.account_registry import Accounts
 from qqbridge.bridge.poll_scheduler import PollScheduler
 from qqbridge.qq import model
 from tests.bridge.test_accounts import MemoryStore, ScriptedQQ, until

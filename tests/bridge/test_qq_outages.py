@@ -10,7 +10,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from qqbridge.bridge.accounts import DRAIN_ROUNDS, Accounts, AccountState
+from qqbridge.bridge.account_registry import Accounts
+from qqbridge.bridge.accounts import DRAIN_ROUNDS, AccountState
 from qqbridge.bridge.outages import PROBE_UIN, QQServer, duration
 from qqbridge.bridge.outbox import Outbox
 from qqbridge.metrics import Metrics

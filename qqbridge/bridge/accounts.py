@@ -14,7 +14,8 @@
 While the QQ server is out, the account waits on its `QQServer` (bridge/outages.py),
 which probes it once a second for every account on it, and polls again the moment it
 answers; the person is told once that QQ is out (after OUTAGE_NOTICE_AFTER) and once
-that it is back. The friend sync after a login (`on_login`) failing for a reason other
+that it is back. An unreachable account stays unreachable through the logins it
+tries meanwhile, until a poll goes through. The friend sync after a login (`on_login`) failing for a reason other
 than an outage does not stop polling: it is tried again later, with backoff, and the
 person is told once per distinct problem.
 
@@ -179,11 +180,15 @@ class QQAccount:
 
     async def login(self) -> model.LoginOk:
         """Log in now; WrongPassword, IllegalAccount and connection errors reach the caller."""
-        self.state = AccountState.CONNECTING
+        out = self.outage.since is not None  # then the account stays unreachable until a good poll
+        if not out:
+            self.state = AccountState.CONNECTING
         if self._logins is not None:
             await self._logins.take()
         answer = await self.qq.login(self._password_md5)
-        self.logged_in, self.state = True, AccountState.ONLINE
+        self.logged_in = True
+        if not out:
+            self.state = AccountState.ONLINE
         self.status = model.Status.ONLINE  # what QQ sets at login; `wanted_status` is restored after
         self._synced = False
         heartbeat = answer.heartbeat * self._scale  # the server's HI is in protocol seconds

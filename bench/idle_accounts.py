@@ -8,6 +8,7 @@ logged in and polled once (the start-up time), lets them idle, then prints the R
 this process, per account, and (with --tracemalloc) the top 10 allocation sites.
 
     .venv/bin/python bench/idle_accounts.py --accounts 1000 [--idle 10] [--tracemalloc]
+    .venv/bin/python bench/idle_accounts.py --accounts 1000 --profile 25         # where the idle CPU goes
     .venv/bin/python bench/idle_accounts.py --accounts 1000 --own-clients   # one httpx client each (the old way)
 """
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import hashlib
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -118,10 +121,17 @@ async def main(args: argparse.Namespace) -> None:
         QQClient.request = counted  # type: ignore[method-assign]
         await asyncio.sleep(args.warm)  # past the start-up's first polls: the steady state
         requests[0] = 0
+        profile = cProfile.Profile() if args.profile else None
         cpu, wall = time.process_time(), time.monotonic()
+        if profile:
+            profile.enable()
         await asyncio.sleep(args.idle)
+        if profile:
+            profile.disable()
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         print(f"idle {wall:.0f} s: {requests[0] / wall:.1f} QQ requests/s, {100 * cpu / wall:.1f} % of a core")
+        if profile:
+            pstats.Stats(profile).sort_stats(args.sort).print_stats(args.profile)
         gc.collect()
         rss = rss_mb()
         print(f"RSS {rss:.1f} MB (before the accounts: {base:.1f} MB; "
@@ -155,4 +165,6 @@ if __name__ == "__main__":
     parser.add_argument("--own-clients", action="store_true", help="one httpx client per account (the old way)")
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--frames", type=int, default=1)
+    parser.add_argument("--sort", default="tottime", help="the profile's order: tottime or cumulative")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions while idle")
     asyncio.run(main(parser.parse_args()))

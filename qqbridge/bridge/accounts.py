@@ -33,7 +33,7 @@ import asyncio
 import enum
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -62,6 +62,7 @@ Hook = Callable[["QQAccount"], Awaitable[None]]
 OUTAGE_NOTICE_AFTER = 60.0  # an account out of reach this long is told, once
 OUTAGE_QUIET = 600.0  # at most one pair of outage notices per account in this time
 DRAIN_ROUNDS = 20  # full GetMsgEx replies fetched back to back before a pause (1,000 messages)
+SEQ_BLOCK = 100  # GetMsgEx SEQs reserved in the store with one write
 SESSION_LOSSES = 3  # RES=20 this often in a row, with no good poll between: pause with backoff
 LOGINS_PER_SECOND = 200.0  # all accounts together (qq.logins_per_second): 1,000 in 5 s, no storm
 
@@ -154,6 +155,9 @@ class QQAccount:
         self._sync_due = 0.0  # monotonic time before which a failed sync is not tried again
         self._sync_told: set[str] = set()  # sync problems the person was told about
         self._losses = 0  # RES=20 in a row, with no good poll between
+        self._pending_seq: int | None = None  # the GetMsgEx SEQ sent and not yet released
+        self._pending_read = False  # the one stored before a restart was looked at
+        self._seqs: Iterator[int] = iter(())  # reserved in the store, not yet used
         self._losses_since = 0.0
         self._session_lost_meanwhile = False  # during the current outage: for the "back" notice
         self.outage = OutageNotice(
@@ -336,6 +340,29 @@ class QQAccount:
         self._out("QQ ends your session right after every login", self._losses_since)
         await asyncio.sleep(self._backoff.next())
 
+    async def _getmsg_seq(self) -> int:
+        """The SEQ of the next GetMsgEx: the one a failed poll left (asked again, so a
+        reply that was lost is fetched again, PROTOCOL.md §4), else a new one, stored
+        under `getmsg-pending:<mxid>` before it is sent. One write a poll: SEQs come
+        from a block reserved in the store (SEQ_BLOCK at a time), and the stored one is
+        not cleared after a good poll but replaced by the next. At start, the stored
+        one is asked again unless its batch was stored before a crash (after the
+        server's 10 minutes, it would answer with new messages under it)."""
+        key = f"getmsg-pending:{self.mxid}"
+        if not self._pending_read:
+            stored = await self._store.get_state(key)
+            if stored and not await self._store.inbound_batch_stored(self.mxid, int(stored)):
+                self._pending_seq = int(stored)
+            self._pending_read = True
+        if self._pending_seq is None:
+            seq = next(self._seqs, None)
+            if seq is None:
+                self._seqs = iter(await self._store.reserve_seqs(self.mxid, "getmsg", SEQ_BLOCK))
+                seq = next(self._seqs)
+            await self._store.set_state(key, str(seq))
+            self._pending_seq = seq
+        return self._pending_seq
+
     def _count(self, result: str, exc: BaseException | None = None) -> None:
         if self._metrics is None:
             return
@@ -445,27 +472,19 @@ class QQAccount:
     async def poll_once(self) -> bool:
         """One round of GetMsgEx, drained while full, for at most DRAIN_ROUNDS replies
         (a server whose replies are always full must not hold the poller for ever). The
-        SEQ is stored before it is sent and released only after `deliver` has stored
-        the events."""
+        SEQ is stored before it is sent (`_getmsg_seq`) and handed to `deliver`, which
+        stores the events under it before the next SEQ replaces it."""
         got_any = False
         self._got_message = False
         for _ in range(DRAIN_ROUNDS):
-            key = f"getmsg-pending:{self.mxid}"
-            pending = await self._store.get_state(key)
-            if pending and await self._store.inbound_batch_stored(self.mxid, int(pending)):
-                # Stored before a crash: never fetch again under that SEQ, since after the
-                # server's 10 minutes it would answer with new messages.
-                pending = None
-            seq = int(pending) if pending else await self._store.next_seq(self.mxid, "getmsg")
-            if not pending:
-                await self._store.set_state(key, str(seq))
+            seq = await self._getmsg_seq()
             batch = await self.qq.fetch_messages(seq=seq)
             if batch.events:
                 await self._deliver(self.mxid, seq, list(batch.events))
                 got_any = True
                 self._got_message = self._got_message or any(isinstance(e, model.Message) for e in batch.events)
                 self.fetched += len(batch.events)
-            await self._store.set_state(key, None)
+            self._pending_seq = None  # released; the store keeps it until the next one overwrites it
             self.last_poll = time.time()
             self.state = AccountState.ONLINE
             if not batch.full:

@@ -1,11 +1,12 @@
-"""The async QQ client: moves the codec's bytes over HTTP with httpx.
+"""The async QQ client: moves the codec's bytes over HTTP (`qqbridge.qq.pool`).
 
 One `QQClient` speaks for one QQ account (its UIN) from one local address; the server
 keys sessions by (client address, UIN), so `local_address` lets a test be "another
-computer" (127.0.0.2). The bridge's clients share one httpx client per server and
-address (`qqbridge.qq.pool.QQConnections`): an account costs kilobytes, not a megabyte. Every method takes an optional `seq`: a caller that stored the
-SEQ before sending can retry after `OutcomeUnknown` with the same one, and the server
-answers the repeat without acting twice (PROTOCOL.md §4).
+computer" (127.0.0.2). The bridge's clients share one `QQHttp` per local address
+(`qqbridge.qq.pool.QQConnections`): an account costs kilobytes, not a megabyte.
+Every method takes an optional `seq`: a caller that stored the SEQ before sending can
+retry after `OutcomeUnknown` with the same one, and the server answers the repeat
+without acting twice (PROTOCOL.md §4).
 
     caller ──command──▶ codec.encode ──POST──▶ QQ server
     caller ◀──value──── codec.decode ◀──body──┘   (errors: qqbridge.qq.errors)
@@ -24,11 +25,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import httpx
 import structlog
 
 from qqbridge.qq import codec, model
 from qqbridge.qq.errors import LocalProtocolError, OutcomeUnknown, RemoteProtocolError, ServerUnavailable
+from qqbridge.qq.pool import BadReply, CannotConnect, ExchangeBroken, QQHttp, ReplyTooBig, Target
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +41,6 @@ ONLINE_PAGE = 50  # the seed's own TN for Query_Stat
 # (3 bytes a byte) with their lists, about 110 KB. Anything past 1 MiB is refused unread.
 MAX_REPLY_BYTES = 1 << 20
 MAX_FRIENDS = 10_000  # more than QQ ever allowed one account; a longer list is a lie
-_HEADERS_KEPT = {"host", "content-type", "content-length", "connection"}
 
 T = TypeVar("T")
 
@@ -63,25 +63,20 @@ class QQClient:
         max_reply_bytes: int = MAX_REPLY_BYTES,
         max_friends: int = MAX_FRIENDS,
         next_seq: Callable[[], int] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        http: httpx.AsyncClient | None = None,
+        http: QQHttp | None = None,
     ) -> None:
-        """`http`: a client shared with other QQClients (`qqbridge.qq.pool`), which this
-        one borrows and never closes; without it, the QQClient makes its own (on
-        `transport`, or one from `local_address`) and closes it in `aclose`."""
+        """`http`: the connections shared with other QQClients (`QQConnections`), which
+        this one borrows and never closes; without it, the QQClient makes its own (from
+        `local_address`) and closes it in `aclose`."""
         self.server_url = server_url
+        self._target = Target.of(server_url)
         self.uin = uin
         self.timeout = timeout  # the whole request: connect, send, every byte of the reply
         self.max_reply_bytes = max_reply_bytes
         self.max_friends = max_friends
         self.next_seq = next_seq or seq_counter()
-        self._timeouts = httpx.Timeout(timeout, connect=min(10.0, timeout))  # per request: the client may be shared
         self._owns_http = http is None
-        if http is None:
-            if transport is None:
-                transport = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
-            http = httpx.AsyncClient(transport=transport, follow_redirects=False)
-        self._http = http
+        self._http = http or QQHttp(local_address)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -99,56 +94,23 @@ class QQClient:
         """Send one command and return its decoded reply (or raise its error). The whole
         exchange has `timeout` seconds: a reply dripped byte by byte ends there as
         OutcomeUnknown (retry with the same SEQ), never later."""
-        request = self._http.build_request(
-            "POST",
-            self.server_url,
-            content=codec.encode(command),
-            headers={"Content-Type": "text/plain; charset=UTF-8", "Connection": "close"},
-            timeout=self._timeouts,
-        )
-        for name in list(request.headers):  # send exactly the headers of PROTOCOL.md §1
-            if name.lower() not in _HEADERS_KEPT:
-                del request.headers[name]
         try:
             async with asyncio.timeout(self.timeout):
-                body = await self._exchange(command, request)
+                body = await self._http.post(self._target, codec.encode(command), self.max_reply_bytes)
         except TimeoutError as exc:
             raise OutcomeUnknown(command.CMD, command.seq, f"no whole reply within {self.timeout:g} s") from exc
-        return codec.decode(command, body)
-
-    async def _exchange(self, command: codec.Command, request: httpx.Request) -> bytes:
-        """POST and read the reply as a stream, refusing it once it is too big."""
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.ConnectError as exc:
+        except CannotConnect as exc:
             raise ServerUnavailable(f"cannot reach the QQ server at {self.server_url}: {exc}") from exc
-        except httpx.TransportError as exc:  # timeouts included
-            raise OutcomeUnknown(command.CMD, command.seq, type(exc).__name__) from exc
-        try:
-            if response.status_code != 200:
-                raise RemoteProtocolError(f"{command.CMD}: HTTP {response.status_code} from the QQ server")
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):  # also no decompression bombs
-                raise RemoteProtocolError(f"{command.CMD}: the reply is {encoding[:20]!r}-encoded, not plain text")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_reply_bytes:
-                raise self._too_big(command, f"announces {int(declared):,} bytes")
-            body = bytearray()
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > self.max_reply_bytes:
-                    raise self._too_big(command, f"passed {len(body):,} bytes")
-            return bytes(body)
-        except httpx.TransportError as exc:
-            raise OutcomeUnknown(command.CMD, command.seq, type(exc).__name__) from exc
-        finally:
-            await response.aclose()
-
-    def _too_big(self, command: codec.Command, how: str) -> RemoteProtocolError:
-        return RemoteProtocolError(
-            f"{command.CMD}: the QQ server's reply {how}; refused past {self.max_reply_bytes:,} bytes"
-            f" (the protocol's messages are at most {codec.MAX_MESSAGE_BYTES} bytes)"
-        )
+        except ExchangeBroken as exc:
+            raise OutcomeUnknown(command.CMD, command.seq, str(exc)) from exc
+        except ReplyTooBig as exc:
+            raise RemoteProtocolError(
+                f"{command.CMD}: the QQ server's reply {exc}; refused past {self.max_reply_bytes:,} bytes"
+                f" (the protocol's messages are at most {codec.MAX_MESSAGE_BYTES} bytes)"
+            ) from exc
+        except BadReply as exc:
+            raise RemoteProtocolError(f"{command.CMD}: {exc}") from exc
+        return codec.decode(command, body)
 
     async def _all_pages(
         self,

@@ -1,39 +1,186 @@
-"""One HTTP client for all QQ accounts: `QQConnections`.
+"""The QQ client's HTTP: one POST on its own connection, and `QQConnections`, which
+bounds how many are in flight for all accounts together.
 
-An `httpx.AsyncClient` with its transport, connection pool and TLS context costs
-about 0.9 MB; one per account made 1,000 idle accounts weigh 947 MB. Every `QQClient`
-of one (server URL, local address) now borrows the same client from here, made by the
-composition root and closed at shutdown after the accounts are stopped; a QQClient's
-`aclose` leaves a borrowed client open.
+The protocol has one request per TCP connection (`POST / HTTP/1.1`, `Connection:
+close`, PROTOCOL.md §1): no keep-alive, redirects, cookies or compression. h11 (the
+HTTP/1.1 parser under httpx) over an asyncio stream is all that takes; httpx's client
+and connection pool cost 1.5–2 ms of CPU a request for nothing the protocol uses, a
+thread hop for getaddrinfo on every connect included, which made 1,000 idle accounts
+cost half a core (issue 11). This costs about 0.5 ms.
 
-The protocol still has one request per TCP connection (`Connection: close`,
-PROTOCOL.md §1), so the pool keeps no idle connection; it bounds how many requests
-are in flight at once (`max_connections`), a request waiting for a free connection
-within its own deadline.
+    QQClient ──Target, body──▶ QQHttp.post ──connect, send, read──▶ QQ server
+             ◀── reply body ──┘   raises CannotConnect · ExchangeBroken · BadReply
+
+An account costs nothing here: every QQClient of one local address borrows the same
+`QQHttp`, made by the composition root and closed at shutdown after the accounts are
+stopped (a QQClient's `aclose` leaves a borrowed one open). The deadline of a request
+is its caller's (`QQClient.request`); a reply is read as a stream and refused once it
+passes the caller's cap, whatever its headers announce.
 """
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
 
 DEFAULT_MAX_CONNECTIONS = 256
+MAX_HEAD_BYTES = 16 * 1024  # the status line and headers of a reply: a few hundred bytes honestly
+READ_CHUNK = 64 * 1024
+CONNECT_SECONDS = 10.0  # a server that takes longer to accept is out; within the request's own deadline
+
+
+class CannotConnect(Exception):
+    """No connection to the server: the request was not sent."""
+
+
+class ExchangeBroken(Exception):
+    """The connection failed or the reply was not HTTP after the request may have gone out."""
+
+
+class BadReply(Exception):
+    """An HTTP reply that is not a QQ reply: its status or its encoding."""
+
+
+class ReplyTooBig(BadReply):
+    """A reply past the caller's cap: `how` it was found out."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a QQ server is: from its URL, once per client."""
+
+    host: str
+    port: int
+    path: str
+    host_header: str
+    tls: bool
+
+    @classmethod
+    def of(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http:// or https:// URL: {url!r}")
+        tls = parts.scheme == "https"
+        default = 443 if tls else 80
+        port = parts.port or default
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        header = host if port == default else f"{host}:{port}"
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.hostname, port, path, header, tls)
+
+
+class QQHttp:
+    """POSTs leaving from one local address (None: any), at most `max_connections`
+    connections open at once; a request waits for a free one within its deadline."""
+
+    def __init__(self, local_address: str | None = None, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self.local_address = local_address
+        self._slots = asyncio.Semaphore(max_connections)
+        self._open: set[asyncio.StreamWriter] = set()
+        self._tls: ssl.SSLContext | None = None
+        self.is_closed = False
+
+    async def post(self, target: Target, body: bytes, max_reply_bytes: int) -> bytes:
+        """Send `body` and return the whole reply body (HTTP 200, not encoded, at most
+        `max_reply_bytes`)."""
+        if self.is_closed:
+            raise CannotConnect("the bridge is shutting down")
+        async with self._slots:
+            try:
+                async with asyncio.timeout(CONNECT_SECONDS):
+                    reader, writer = await asyncio.open_connection(
+                        target.host, target.port, limit=READ_CHUNK,
+                        ssl=self._tls_context() if target.tls else None,
+                        local_addr=(self.local_address, 0) if self.local_address else None,
+                    )  # fmt: skip
+            except TimeoutError as exc:
+                raise CannotConnect(f"no connection within {CONNECT_SECONDS:g} s") from exc
+            except (OSError, ssl.SSLError) as exc:
+                raise CannotConnect(str(exc) or type(exc).__name__) from exc
+            self._open.add(writer)
+            done = False
+            try:
+                reply = await _exchange(reader, writer, target, body, max_reply_bytes)
+                done = True
+                return reply
+            except (OSError, h11.ProtocolError) as exc:
+                raise ExchangeBroken(f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                self._open.discard(writer)
+                if done:
+                    writer.close()
+                else:  # a server dripping or flooding gets no more of our time
+                    writer.transport.abort()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def aclose(self) -> None:
+        self.is_closed = True
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Target, body: bytes, cap: int
+) -> bytes:
+    http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+    head = h11.Request(method="POST", target=target.path, headers=[
+        ("Host", target.host_header), ("Content-Type", "text/plain; charset=UTF-8"),
+        ("Content-Length", str(len(body))), ("Connection", "close"),
+    ])  # fmt: skip
+    writer.write(http.send(head) + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
+    await writer.drain()
+    reply = bytearray()
+    while True:
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            http.receive_data(await reader.read(READ_CHUNK))
+        elif isinstance(event, h11.Response):
+            _check_head(event, cap)
+        elif isinstance(event, h11.Data):
+            reply += event.data
+            if len(reply) > cap:
+                raise ReplyTooBig(f"passed {len(reply):,} bytes")
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(reply)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ExchangeBroken("the server closed the connection before its reply ended")
+        # h11.InformationalResponse (a 1xx before the reply): read on
+
+
+def _check_head(response: h11.Response, cap: int) -> None:
+    if response.status_code != 200:
+        raise BadReply(f"HTTP {response.status_code} from the QQ server")
+    headers = {name.lower(): value for name, value in response.headers}
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding not in (b"", b"identity"):  # also no decompression bombs
+        raise BadReply(f"the reply is {encoding[:20].decode('latin-1')!r}-encoded, not plain text")
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > cap:
+        raise ReplyTooBig(f"announces {int(declared):,} bytes")
 
 
 class QQConnections:
+    """The `QQHttp` of each local address, shared by every QQClient of the bridge."""
+
     def __init__(self, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.max_connections = max_connections
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._clients: dict[str | None, QQHttp] = {}
 
-    def client(self, local_address: str | None = None) -> httpx.AsyncClient:
-        """The shared client for requests leaving from `local_address` (None: any).
-        Timeouts are set per request by the QQClient, not here."""
+    def client(self, local_address: str | None = None) -> QQHttp:
         client = self._clients.get(local_address)
         if client is None or client.is_closed:
-            transport = httpx.AsyncHTTPTransport(
-                local_address=local_address, retries=0,
-                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=0),
-            )  # fmt: skip
-            client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+            client = QQHttp(local_address, max_connections=self.max_connections)
             self._clients[local_address] = client
         return client
 

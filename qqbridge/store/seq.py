@@ -15,24 +15,33 @@ from qqbridge.store.database import Database
 SEQ_MAX = 9_999_999_999
 
 
-async def issue(db: Database, mxid: str, purpose: str, now_ms: int) -> int:
+async def issue(db: Database, mxid: str, purpose: str, now_ms: int, count: int = 1) -> int:
     """The next SEQ of `mxid` (who must exist), also remembered as the last for
-    `purpose`. Call inside a transaction; `now_ms` is the clock, Unix milliseconds."""
+    `purpose`; with `count` > 1, the first of that many consecutive SEQs, all reserved
+    (the counter moves past them). Call inside a transaction; `now_ms` is the clock,
+    Unix milliseconds."""
+    if not 1 <= count <= 1_000_000:
+        raise ValueError(f"a SEQ reservation is 1 to 1,000,000 SEQs, not {count}")
     # The server remembers a SEQ per QQ account (not per bridge user) for 10 minutes.
     # So the counter never falls behind the clock in milliseconds (modulo the range):
     # a counter recreated after a database reset, or another Matrix user taking over
     # the same QQ account, cannot reuse a SEQ the server still remembers, as long as
     # nobody issues more than one SEQ a millisecond.
     clock = now_ms % SEQ_MAX + 1
-    seq = await db.fetchval(
-        "INSERT INTO qq_seq (mxid, last_seq) VALUES ($1, $2) ON CONFLICT (mxid) DO UPDATE"
-        " SET last_seq = CASE WHEN qq_seq.last_seq >= $3 THEN $2"
-        " WHEN qq_seq.last_seq + 1 > $2 THEN qq_seq.last_seq + 1 ELSE $2 END"
+    if clock + count - 1 > SEQ_MAX:
+        clock = 1
+    last = await db.fetchval(
+        "INSERT INTO qq_seq (mxid, last_seq) VALUES ($1, CAST($2 AS BIGINT) + CAST($4 AS BIGINT) - 1)"
+        " ON CONFLICT (mxid) DO UPDATE"
+        " SET last_seq = (CASE WHEN qq_seq.last_seq > CAST($3 AS BIGINT) - CAST($4 AS BIGINT) THEN $2"
+        " WHEN qq_seq.last_seq + 1 > $2 THEN qq_seq.last_seq + 1 ELSE $2 END) + $4 - 1"
         " RETURNING last_seq",
         mxid,
         clock,
         SEQ_MAX,
+        count,
     )
+    seq = int(last) - count + 1
     await db.execute(
         "INSERT INTO qq_seq_issued (mxid, purpose, seq, issued_at) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (mxid, purpose) DO UPDATE SET seq = excluded.seq, issued_at = excluded.issued_at",
@@ -41,7 +50,7 @@ async def issue(db: Database, mxid: str, purpose: str, now_ms: int) -> int:
         seq,
         now_ms,
     )
-    return int(seq)
+    return seq
 
 
 async def last(db: Database, mxid: str, purpose: str) -> int | None:

@@ -378,11 +378,19 @@ class Store:
         can be retried with the same SEQ (`last_seq`), which the server answers
         idempotently.
         """
+        return (await self.reserve_seqs(mxid, purpose, 1))[0]
+
+    async def reserve_seqs(self, mxid: str, purpose: str, count: int) -> range:
+        """`count` consecutive SEQs for the user's next QQ requests, all stored as
+        issued at once (the counter moves past them), so a caller may hand them out
+        from memory: one write for many requests. After a crash the unused ones are
+        simply skipped."""
         _text("mxid", mxid)
         _text("purpose", purpose)
         async with self.db.transaction():
             await self._require_user(mxid)
-            return await seq.issue(self.db, mxid, purpose, self._now_ms())
+            first = await seq.issue(self.db, mxid, purpose, self._now_ms(), count)
+        return range(first, first + count)
 
     async def last_seq(self, mxid: str, purpose: str) -> int | None:
         """The SEQ last issued to the user for `purpose`, or None."""

@@ -30,9 +30,9 @@ class MemoryStore:
         else:
             self.state[key] = value
 
-    async def next_seq(self, mxid: str, purpose: str) -> int:
-        self.seq += 1
-        return self.seq
+    async def reserve_seqs(self, mxid: str, purpose: str, count: int) -> range:
+        first, self.seq = self.seq + 1, self.seq + count
+        return range(first, first + count)
 
     async def set_login_state(self, mxid: str, state: str) -> None:
         self.login_state[mxid] = state
@@ -94,7 +94,8 @@ async def test_lost_session_logs_in_again_quietly_and_full_batches_are_drained()
     assert qq.logins == 2 and told == []
     # The first SEQ got RES=20 and was reused once logged in again; then a new one per batch.
     assert qq.seqs[:3] == [1, 1, 2] and delivered == [(1, ["a"]), (2, ["b"])]
-    assert "getmsg-pending:@u:x" not in store.state
+    # One write a poll: the last SEQ sent stays stored until the next replaces it.
+    assert store.state["getmsg-pending:@u:x"] == str(qq.seqs[-1])
 
 
 async def test_a_failed_delivery_keeps_the_seq_for_the_next_try() -> None:

@@ -1,4 +1,4 @@
-"""All QQ clients of the bridge share one HTTP client (`qqbridge.qq.pool`): an account
+"""All QQ clients of the bridge share one `QQHttp` (`qqbridge.qq.pool`): an account
 costs kilobytes, yet every request still goes on its own connection with
 `Connection: close` (PROTOCOL.md §1), each keeps its own deadline and reply cap, and
 one account's `aclose` never closes the pool the others use.
@@ -38,7 +38,7 @@ async def client(server: HostileQQ):  # noqa: F811
     await connections.aclose()
 
 
-async def test_clients_share_one_http_client_per_address_and_aclose_leaves_it_open() -> None:
+async def test_clients_share_one_qqhttp_per_address_and_aclose_leaves_it_open() -> None:
     config = Config(homeserver={"url": "http://127.0.0.1:1", "domain": "x"}, qq={"server_url": "http://127.0.0.1:9/"})
     connections = app.qq_connections(config)
     factory = app.qq_factory(config, connections)

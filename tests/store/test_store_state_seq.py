@@ -91,3 +91,29 @@ async def test_seq_needs_a_known_user(store: Store) -> None:
         await store.next_seq(ALICE, "p")
     with pytest.raises(InvalidValueError):
         await store.next_seq(ALICE, "")
+
+
+async def test_a_reserved_block_of_seqs_is_never_issued_again(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.upsert_user(ALICE)
+    block = await store.reserve_seqs(ALICE, "getmsg", 100)
+    assert len(block) == 100
+    await store.close()  # a crash with most of the block unused
+
+    store = await open_store()
+    after = await store.next_seq(ALICE, "CLTMSG")  # the outbox shares the counter
+    assert after == block[-1] + 1
+    assert (await store.reserve_seqs(ALICE, "getmsg", 100))[0] == after + 1
+    await store.close()
+
+
+async def test_a_block_that_would_pass_the_end_wraps_to_the_clock(store: Store, clock: FakeClock) -> None:
+    await store.upsert_user(ALICE)
+    await store.next_seq(ALICE, "p")
+    await store.db.execute("UPDATE qq_seq SET last_seq = $1 WHERE mxid = $2", SEQ_MAX - 50, ALICE)
+    now = int(clock.now * 1000) % SEQ_MAX + 1
+    assert await store.reserve_seqs(ALICE, "p", 50) == range(SEQ_MAX - 49, SEQ_MAX + 1)  # just fits
+    await store.db.execute("UPDATE qq_seq SET last_seq = $1 WHERE mxid = $2", SEQ_MAX - 10, ALICE)
+    assert await store.reserve_seqs(ALICE, "p", 50) == range(now, now + 50)
+    with pytest.raises(ValueError):
+        await store.reserve_seqs(ALICE, "p", 0)

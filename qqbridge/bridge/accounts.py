@@ -260,6 +260,7 @@ class QQAccount:
                         if not self.logged_in:
                             await self.login()
                     log.info("QQ session open", uin=self.uin)
+                    self._urgent = True  # the logins are paced already: poll as soon as one is in
                 await self._sync_when_due()
                 if self._scheduler is not None:
                     await self._scheduler.turn(self, urgent=self._urgent)

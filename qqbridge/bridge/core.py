@@ -92,11 +92,13 @@ class Bridge:
 
     async def start(self) -> None:
         await self.matrix.ensure_registered(self.config.bot_mxid)
-        for user in await self.store.list_users():
+        users = await self.store.list_users()  # both read before any poller runs: 1,000 of
+        waiting = await self.store.owners_with_pending_inbound()  # them slow every read down
+        for user in users:
             if user.login_state == "logged_in" and user.qq_uin and user.password_md5:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
-            if await self.store.count_pending_inbound(user.mxid):
-                self.inbound.wake(user.mxid)  # QQ messages stored before a restart: shown now, QQ up or not
+        for mxid in waiting:
+            self.inbound.wake(mxid)  # QQ messages stored before a restart: shown now, QQ up or not
         await self.control.interrupted_logins()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
         self._keep(asyncio.create_task(self._janitor(), name="janitor"))

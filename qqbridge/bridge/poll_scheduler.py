@@ -8,7 +8,9 @@ budget, `qq.max_requests_per_second` (100 by default).
     active chat (a message either way within ACTIVE_WINDOW, 60 protocol seconds)
         ──▶ polled every ACTIVE_INTERVAL (0.15 s); more active accounts than
             ACTIVE_SHARE of the budget allows slow down together
-    just sent a message (`poke`) ──▶ polled at once, without waiting for a turn
+    just sent a message (`poke`), or just logged in ──▶ polled at once, without
+            waiting for a turn (logins have their own pace, `qq.logins_per_second`,
+            so a restart with 1,000 accounts polls them all within 1,000 / that)
     idle ──▶ share what the active ones leave (at least IDLE_SHARE of the budget):
              every  idle accounts / idle budget  seconds, never faster than
              `qq.poll_fast`, never slower than the account's poll_idle (the

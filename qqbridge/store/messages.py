@@ -123,6 +123,12 @@ async def count_pending_inbound(db: Database, owner_mxid: str | None = None) -> 
     return int(await db.fetchval(f"SELECT COUNT(*) FROM qq_inbound WHERE {where}", *values))
 
 
+async def owners_with_pending_inbound(db: Database) -> set[str]:
+    where, values = _pending_where(None)
+    rows = await db.fetch(f"SELECT DISTINCT owner_mxid FROM qq_inbound WHERE {where}", *values)
+    return {str(row["owner_mxid"]) for row in rows}
+
+
 async def mark_inbound_relayed(
     db: Database, now_ms: int, inbound_id: int, matrix_event_id: str | None
 ) -> InboundMessage:

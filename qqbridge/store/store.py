@@ -470,6 +470,10 @@ class Store:
     async def count_pending_inbound(self, owner_mxid: str | None = None) -> int:
         return await messages.count_pending_inbound(self.db, owner_mxid)
 
+    async def owners_with_pending_inbound(self) -> set[str]:
+        """The users with QQ messages stored and not yet shown in Matrix."""
+        return await messages.owners_with_pending_inbound(self.db)
+
     async def mark_inbound_relayed(self, inbound_id: int, matrix_event_id: str | None) -> InboundMessage:
         return await messages.mark_inbound_relayed(self.db, self._now_ms(), inbound_id, matrix_event_id)
 

@@ -100,3 +100,29 @@ async def test_the_bridge_polls_an_active_chat_fast_and_a_poked_account_at_once(
         assert polls[10002][1] - poked < 0.1
     finally:
         await accounts.close()
+
+
+async def test_each_account_polls_as_soon_as_its_login_is_through_whatever_the_budget() -> None:
+    # A restart with 40 accounts and a budget of 2 polls a second: the logins are paced
+    # (their own budget), but the first poll after each does not wait for a turn, or the
+    # last account would poll only after 20 s.
+    first_poll: dict[int, float] = {}
+
+    class Counted(ScriptedQQ):
+        async def fetch_messages(self, *, seq: int | None = None) -> model.MessageBatch:
+            first_poll.setdefault(self.uin, time.monotonic())
+            return await super().fetch_messages(seq=seq)
+
+    async def deliver(mxid: str, seq: int, events: list[model.Event]) -> None: ...
+    async def notify(mxid: str, text: str) -> None: ...
+
+    accounts = Accounts(lambda uin: Counted(uin, []), MemoryStore(), deliver, notify,
+                        poll_fast=1.0, poll_idle=30.0, max_requests_per_second=2.0)  # fmt: skip
+    started = time.monotonic()
+    try:
+        for i in range(40):
+            await accounts.resume(f"@u{i}:x", 10001 + i, "0" * 32)
+        await until(lambda: len(first_poll) == 40)
+        assert max(first_poll.values()) - started < 2.0
+    finally:
+        await accounts.close()

@@ -374,7 +374,8 @@ class QQAccount:
     async def _pause(self, seconds: float) -> None:
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: no task a pause
+                await self._wake.wait()
         except TimeoutError:
             pass
 

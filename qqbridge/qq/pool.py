@@ -3,7 +3,7 @@ bounds how many are in flight for all accounts together.
 
 The protocol has one request per TCP connection (`POST / HTTP/1.1`, `Connection:
 close`, PROTOCOL.md §1): no keep-alive, redirects, cookies or compression. h11 (the
-HTTP/1.1 parser under httpx) over an asyncio stream is all that takes; httpx's client
+HTTP/1.1 parser under httpx) on an asyncio protocol is all that takes; httpx's client
 and connection pool cost 1.5–2 ms of CPU a request for nothing the protocol uses, a
 thread hop for getaddrinfo on every connect included, which made 1,000 idle accounts
 cost half a core (issue 11). This costs about 0.5 ms.
@@ -29,7 +29,6 @@ import h11
 
 DEFAULT_MAX_CONNECTIONS = 256
 MAX_HEAD_BYTES = 16 * 1024  # the status line and headers of a reply: a few hundred bytes honestly
-READ_CHUNK = 64 * 1024
 CONNECT_SECONDS = 10.0  # a server that takes longer to accept is out; within the request's own deadline
 
 
@@ -82,7 +81,7 @@ class QQHttp:
     def __init__(self, local_address: str | None = None, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.local_address = local_address
         self._slots = asyncio.Semaphore(max_connections)
-        self._open: set[asyncio.StreamWriter] = set()
+        self._open: set[asyncio.BaseTransport] = set()
         self._tls: ssl.SSLContext | None = None
         self.is_closed = False
 
@@ -91,32 +90,30 @@ class QQHttp:
         `max_reply_bytes`)."""
         if self.is_closed:
             raise CannotConnect("the bridge is shutting down")
+        loop = asyncio.get_running_loop()
         async with self._slots:
+            exchange = _Exchange(target, body, max_reply_bytes, loop.create_future())
+            transport: asyncio.BaseTransport | None = None
             try:
-                async with asyncio.timeout(CONNECT_SECONDS):
-                    reader, writer = await asyncio.open_connection(
-                        target.host, target.port, limit=READ_CHUNK,
-                        ssl=self._tls_context() if target.tls else None,
-                        local_addr=(self.local_address, 0) if self.local_address else None,
-                    )  # fmt: skip
-            except TimeoutError as exc:
-                raise CannotConnect(f"no connection within {CONNECT_SECONDS:g} s") from exc
-            except (OSError, ssl.SSLError) as exc:
-                raise CannotConnect(str(exc) or type(exc).__name__) from exc
-            self._open.add(writer)
-            done = False
-            try:
-                reply = await _exchange(reader, writer, target, body, max_reply_bytes)
-                done = True
-                return reply
-            except (OSError, h11.ProtocolError) as exc:
-                raise ExchangeBroken(f"{type(exc).__name__}: {exc}") from exc
+                try:
+                    async with asyncio.timeout(CONNECT_SECONDS):
+                        transport, _ = await loop.create_connection(
+                            lambda: exchange, target.host, target.port,
+                            ssl=self._tls_context() if target.tls else None,
+                            local_addr=(self.local_address, 0) if self.local_address else None,
+                        )  # fmt: skip
+                except TimeoutError as exc:
+                    raise CannotConnect(f"no connection within {CONNECT_SECONDS:g} s") from exc
+                except (OSError, ssl.SSLError) as exc:
+                    raise CannotConnect(str(exc) or type(exc).__name__) from exc
+                self._open.add(transport)
+                return await exchange.reply
             finally:
-                self._open.discard(writer)
-                if done:
-                    writer.close()
-                else:  # a server dripping or flooding gets no more of our time
-                    writer.transport.abort()
+                exchange.reply.cancel()  # when the deadline or shutdown came first: nothing more is read
+                if transport is not None:
+                    self._open.discard(transport)
+                    if not transport.is_closing():  # a server dripping or flooding gets no more of our time
+                        transport.abort()
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -125,37 +122,75 @@ class QQHttp:
 
     async def aclose(self) -> None:
         self.is_closed = True
-        for writer in list(self._open):
-            writer.transport.abort()
+        for transport in list(self._open):
+            transport.abort()
         self._open.clear()
 
 
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Target, body: bytes, cap: int
-) -> bytes:
-    http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-    head = h11.Request(method="POST", target=target.path, headers=[
-        ("Host", target.host_header), ("Content-Type", "text/plain; charset=UTF-8"),
-        ("Content-Length", str(len(body))), ("Connection", "close"),
-    ])  # fmt: skip
-    writer.write(http.send(head) + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
-    await writer.drain()
-    reply = bytearray()
-    while True:
-        event = http.next_event()
-        if event is h11.NEED_DATA:
-            http.receive_data(await reader.read(READ_CHUNK))
-        elif isinstance(event, h11.Response):
-            _check_head(event, cap)
-        elif isinstance(event, h11.Data):
-            reply += event.data
-            if len(reply) > cap:
-                raise ReplyTooBig(f"passed {len(reply):,} bytes")
-        elif isinstance(event, h11.EndOfMessage):
-            return bytes(reply)
-        elif isinstance(event, h11.ConnectionClosed):
-            raise ExchangeBroken("the server closed the connection before its reply ended")
-        # h11.InformationalResponse (a 1xx before the reply): read on
+class _Exchange(asyncio.Protocol):
+    """One request and its reply, on the connection made for it: the request is
+    written once connected; what arrives is fed to h11 as it comes, refused once past
+    the cap; the whole reply body ends up in `reply`."""
+
+    def __init__(self, target: Target, body: bytes, cap: int, reply: asyncio.Future[bytes]) -> None:
+        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        head = h11.Request(method="POST", target=target.path, headers=[
+            ("Host", target.host_header), ("Content-Type", "text/plain; charset=UTF-8"),
+            ("Content-Length", str(len(body))), ("Connection", "close"),
+        ])  # fmt: skip
+        send = self._http.send
+        self._request = b"".join((send(head) or b"", send(h11.Data(data=body)) or b"", send(h11.EndOfMessage()) or b""))
+        self._cap = cap
+        self._body = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self.reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
+
+    def eof_received(self) -> bool:
+        self._feed(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            why = f": {exc}" if exc else ""
+            self.reply.set_exception(ExchangeBroken(f"the connection ended before the reply did{why}"))
+
+    def _feed(self, data: bytes) -> None:
+        if self.reply.done():
+            return
+        try:
+            self._http.receive_data(data)
+            while (event := self._http.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.Response):
+                    _check_head(event, self._cap)
+                elif isinstance(event, h11.Data):
+                    self._body += event.data
+                    if len(self._body) > self._cap:
+                        raise ReplyTooBig(f"passed {len(self._body):,} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    self.reply.set_result(bytes(self._body))
+                    if self._transport is not None:
+                        self._transport.close()
+                    return
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ExchangeBroken("the server closed the connection before its reply ended")
+                # h11.InformationalResponse (a 1xx before the reply): read on
+        except h11.ProtocolError as exc:
+            self._fail(ExchangeBroken(f"{type(exc).__name__}: {exc}"))
+        except (BadReply, ExchangeBroken) as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.reply.set_exception(exc)
+        if self._transport is not None:
+            self._transport.abort()
 
 
 def _check_head(response: h11.Response, cap: int) -> None:

@@ -25,6 +25,7 @@ in the store may know which one it is talking to:
 
 from __future__ import annotations
 
+import functools
 import re
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
@@ -141,6 +142,7 @@ def redact_url(url: str) -> str:
 _SQLITE_REWRITE = re.compile(r"'(?:[^']|'')*'|\$(\d+)|\bBIGSERIAL PRIMARY KEY\b", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)  # the store's statements are a few hundred constants
 def to_sqlite(sql: str) -> str:
     """Rewrite PostgreSQL-spelled SQL for SQLite (see the module docstring)."""
 

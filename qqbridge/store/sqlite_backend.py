@@ -167,7 +167,10 @@ class SQLiteDatabase(Database):
                 return list(await self._conn.execute_fetchall(sql, args))
             cursor = await self._conn.execute(sql, args)
             count = cursor.rowcount
-            await cursor.close()
+            if cursor.description is not None:  # rows to read (RETURNING, SELECT): end the statement
+                await cursor.close()
+            # A write without rows is done and reset already: closing its cursor would be
+            # one more trip to aiosqlite's thread for every write (a third of its cost).
             return max(count, 0)  # -1 for statements that change no rows (DDL)
         except sqlite3.IntegrityError as e:
             error = ConflictError if e.sqlite_errorname in _UNIQUE_VIOLATIONS else StoreError

@@ -74,8 +74,9 @@ class QQ(_Section):
                                  "(one shared HTTP client; one request per connection)")
     logins_per_second: float = Field(200.0, gt=0, description="QQ logins a second, all accounts together "
                                      "(paces the logins of a start-up with many accounts)")
-    max_requests_per_second: float = Field(100.0, gt=0, description="GetMsgEx polls a second, all accounts "
-                                           "together: active chats every 0.15 s, idle accounts share the rest")
+    max_requests_per_second: float = Field(200.0, gt=0, description="GetMsgEx polls a second, all accounts "
+                                           "together: active chats every 0.1 s, idle accounts share the rest, "
+                                           "at most half")
     poll_fast: float = Field(1.0, gt=0, description="seconds between polls while a chat is active "
                              "(unset: 1 s times time_scale, at least 0.1 s)")
     poll_idle: float = Field(30.0, gt=0, description="slowest poll; never longer than the server's HI "

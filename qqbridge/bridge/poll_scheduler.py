@@ -3,23 +3,27 @@
 Each account still runs its own poller task (its login, recovery and outage handling
 are its own), but the poller no longer picks its own pace: after every poll it asks
 the `PollScheduler` how long to wait, and before every poll it takes a turn from the
-budget, `qq.max_requests_per_second` (100 by default).
+budget, `qq.max_requests_per_second` (200 by default).
 
     active chat (a message either way within ACTIVE_WINDOW, 60 protocol seconds)
-        ──▶ polled every ACTIVE_INTERVAL (0.15 s); more active accounts than
+        ──▶ polled every ACTIVE_INTERVAL (0.1 s); more active accounts than
             ACTIVE_SHARE of the budget allows slow down together
     just sent a message (`poke`), or just logged in ──▶ polled at once, without
             waiting for a turn (logins have their own pace, `qq.logins_per_second`,
             so a restart with 1,000 accounts polls them all within 1,000 / that)
-    idle ──▶ share what the active ones leave (at least IDLE_SHARE of the budget):
-             every  idle accounts / idle budget  seconds, never faster than
+    idle ──▶ share what the active ones leave (at least IDLE_SHARE of the budget,
+             at most IDLE_MAX_SHARE): every  idle accounts / idle budget  seconds,
+             never faster than
              `qq.poll_fast`, never slower than the account's poll_idle (the
              server's HI caps it), so no session expires
 
-The curve at the default budget of 100 a second, no chat active: 100 idle accounts
-are polled every 1 s, 500 every 5 s, 1,000 every 10 s, 3,000 and more every 30 s
-(poll_idle), where the budget no longer binds (the protocol's keep-alive wins).
-A poll round that drains full replies counts as one turn.
+Waiting costs: a poll is about 1.1 ms of CPU (half of it the kernel's TCP connect and
+send, as the protocol has one request per connection), so idle polling is capped at
+half the budget, 100 a second by default, about 11 % of a core; the other half buys
+latency where people are chatting. The curve at the default budget, no chat active:
+100 idle accounts are polled every 1 s, 500 every 5 s, 1,000 every 10 s, 3,000 and
+more every 30 s (poll_idle), where the budget no longer binds (the protocol's
+keep-alive wins). A poll round that drains full replies counts as one turn.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from typing import Protocol
 
 from qqbridge.bridge.pacing import Pace
 
-DEFAULT_REQUESTS_PER_SECOND = 100.0
-ACTIVE_INTERVAL = 0.15  # real seconds: the latency an active chat gets
+DEFAULT_REQUESTS_PER_SECOND = 200.0
+ACTIVE_INTERVAL = 0.1  # real seconds: the latency an active chat gets
 ACTIVE_WINDOW = 60.0  # protocol seconds (times qq.time_scale): a chat this quiet is idle again
 ACTIVE_SHARE = 0.8  # at most this part of the budget goes to active chats
 IDLE_SHARE = 0.2  # at least this part is left to the idle accounts
+IDLE_MAX_SHARE = 0.5  # and at most this part: waiting costs CPU for everyone, at no one's request
 MAX_TURN_WAIT = 5.0  # real seconds: a turn is never waited for longer (keep-alive wins)
 
 
@@ -106,10 +111,11 @@ class PollScheduler:
 
     def idle_every(self, account: Polled) -> float:
         """Seconds between polls of an idle account: the idle ones share what the
-        active ones leave, within [poll_fast, the account's poll_idle]."""
+        active ones leave (at most IDLE_MAX_SHARE of the budget), within [poll_fast,
+        the account's poll_idle]."""
         active = self.active_count()
         spent = active / self.active_every(active)
-        left = max(self.budget - spent, self.budget * IDLE_SHARE)
+        left = min(max(self.budget - spent, self.budget * IDLE_SHARE), self.budget * IDLE_MAX_SHARE)
         idle = max(1, len(self._accounts) - active)
         return min(max(idle / left, self.poll_fast), account.poll_idle)
 

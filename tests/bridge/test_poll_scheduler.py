@@ -1,6 +1,6 @@
-"""The poll budget (qqbridge/bridge/poll_scheduler.py): active chats every 0.15 s, an
+"""The poll budget (qqbridge/bridge/poll_scheduler.py): active chats every 0.1 s, an
 account that just sent polled at once, idle accounts sharing the rest of
-qq.max_requests_per_second, none slower than poll_idle (the server's HI)."""
+qq.max_requests_per_second (at most half), none slower than poll_idle (the server's HI)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from qqbridge.bridge.account_registry import Accounts
-from qqbridge.bridge.poll_scheduler import PollScheduler
+from qqbridge.bridge.poll_scheduler import DEFAULT_REQUESTS_PER_SECOND, PollScheduler
 from qqbridge.qq import model
 from tests.bridge.test_accounts import MemoryStore, ScriptedQQ, until
 
@@ -19,7 +19,7 @@ class Account:
         self.poll_idle = poll_idle
 
 
-def scheduler_with(accounts: int, budget: float = 100.0) -> tuple[PollScheduler, list[Account], list[float]]:
+def scheduler_with(accounts: int, budget: float = DEFAULT_REQUESTS_PER_SECOND) -> tuple[PollScheduler, list[Account], list[float]]:
     now = [1000.0]
     scheduler = PollScheduler(budget, poll_fast=1.0, clock=lambda: now[0])
     added = [Account() for _ in range(accounts)]
@@ -39,24 +39,33 @@ def test_the_servers_heartbeat_caps_the_idle_interval() -> None:
     assert scheduler.interval(Account(poll_idle=12.0)) == 12.0
 
 
-def test_an_active_chat_is_polled_every_150_ms_for_a_minute_then_idle_again() -> None:
+def test_an_active_chat_is_polled_every_100_ms_for_a_minute_then_idle_again() -> None:
     scheduler, added, now = scheduler_with(1000)
     scheduler.chatted(added[0])
-    assert scheduler.interval(added[0]) == pytest.approx(0.15)
-    assert scheduler.interval(added[1]) == pytest.approx(999 / (100 - 1 / 0.15))  # the idle ones pay for it
+    assert scheduler.interval(added[0]) == pytest.approx(0.1)
+    assert scheduler.interval(added[1]) == pytest.approx(999 / 100)  # the idle ones' half of the budget is left
     now[0] += 59
-    assert scheduler.interval(added[0]) == pytest.approx(0.15)
+    assert scheduler.interval(added[0]) == pytest.approx(0.1)
     now[0] += 2
     assert scheduler.interval(added[0]) == pytest.approx(10.0)
+
+
+def test_idle_accounts_get_at_most_half_the_budget_and_pay_for_chats_beyond_the_other_half() -> None:
+    scheduler, added, _ = scheduler_with(1000, budget=1000.0)
+    assert scheduler.interval(added[0]) == pytest.approx(1000 / 500)  # not 1,000 polls a second for waiting
+    for account in added[:60]:  # 60 chats at 0.1 s: 600 a second, more than the other half
+        scheduler.chatted(account)
+    assert scheduler.interval(added[0]) == pytest.approx(0.1)
+    assert scheduler.interval(added[500]) == pytest.approx(940 / 400)
 
 
 def test_many_active_chats_slow_down_together_and_leave_the_idle_ones_a_share() -> None:
     scheduler, added, _ = scheduler_with(1000)
     for account in added[:200]:
         scheduler.chatted(account)
-    assert scheduler.interval(added[0]) == pytest.approx(200 / 80)
-    assert scheduler.interval(Account(poll_idle=60.0)) == pytest.approx(800 / 20)  # 20 % of the budget is theirs
-    assert scheduler.interval(added[500]) == 30.0  # and none slower than poll_idle
+    assert scheduler.interval(added[0]) == pytest.approx(200 / 160)
+    assert scheduler.interval(Account(poll_idle=60.0)) == pytest.approx(800 / 40)  # 20 % of the budget is theirs
+    assert scheduler.interval(Account(poll_idle=12.0)) == 12.0  # and none slower than poll_idle
 
 
 async def test_a_turn_waits_for_the_budget_unless_urgent_or_active() -> None:

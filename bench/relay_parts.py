@@ -34,7 +34,7 @@ OWNER_PASSWORD = "secret"
 MATRIX_USER, MATRIX_PASSWORD = "bench", "bench-pw"
 DOMAIN = "localhost"
 BOT = f"@qqbridge:{DOMAIN}"
-SEND_BURST, SEND_WINDOW, PENALTY = 5, 5.0 * TIME_SCALE, 20.0 * TIME_SCALE  # PROTOCOL.md §5, scaled
+SEND_BURST, SEND_WINDOW, PENALTY = 5, 5.0 * TIME_SCALE, 20.0 * TIME_SCALE  # docs/protocol.md §5, scaled
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # One sync returns every event of a room since the last one (no "limited" gaps to fill).
 SYNC_FILTER = {

@@ -8,7 +8,7 @@
       ▼  │                      ▼ idle, never slower than HI
     ┌─────────────┐         events handed to `deliver`, which stores them before the
     │ unreachable │         GetMsgEx SEQ is released (a lost reply is fetched again
-    └─────────────┘         with the same SEQ, PROTOCOL.md §4)
+    └─────────────┘         with the same SEQ, docs/protocol.md §4)
       wrong password at any login ──▶ bad_password: the poller stops, the user is told
 
 While the QQ server is out, the account waits on its `QQServer` (bridge/outages.py),
@@ -343,7 +343,7 @@ class QQAccount:
 
     async def _getmsg_seq(self) -> int:
         """The SEQ of the next GetMsgEx: the one a failed poll left (asked again, so a
-        reply that was lost is fetched again, PROTOCOL.md §4), else a new one, stored
+        reply that was lost is fetched again, docs/protocol.md §4), else a new one, stored
         under `getmsg-pending:<mxid>` before it is sent. One write a poll: SEQs come
         from a block reserved in the store (SEQ_BLOCK at a time), and the stored one is
         not cleared after a good poll but replaced by the next. At start, the stored

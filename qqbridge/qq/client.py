@@ -6,7 +6,7 @@ computer" (127.0.0.2). The bridge's clients share one `QQHttp` per local address
 (`qqbridge.qq.pool.QQConnections`): an account costs kilobytes, not a megabyte.
 Every method takes an optional `seq`: a caller that stored the SEQ before sending can
 retry after `OutcomeUnknown` with the same one, and the server answers the repeat
-without acting twice (PROTOCOL.md §4).
+without acting twice (docs/protocol.md §4).
 
     caller ──command──▶ codec.encode ──POST──▶ QQ server
     caller ◀──value──── codec.decode ◀──body──┘   (errors: qqbridge.qq.errors)

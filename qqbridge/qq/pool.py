@@ -2,7 +2,7 @@
 bounds how many are in flight for all accounts together.
 
 The protocol has one request per TCP connection (`POST / HTTP/1.1`, `Connection:
-close`, PROTOCOL.md §1): no keep-alive, redirects, cookies or compression. h11 (the
+close`, docs/protocol.md §1): no keep-alive, redirects, cookies or compression. h11 (the
 HTTP/1.1 parser under httpx) on an asyncio protocol is all that takes; httpx's client
 and connection pool cost 1.5–2 ms of CPU a request for nothing the protocol uses, a
 thread hop for getaddrinfo on every connect included, which made 1,000 idle accounts

@@ -31,3 +31,14 @@ def test_every_qqbridge_command_in_the_docs_is_accepted() -> None:
                 parse_cli(argv, str(path.relative_to(REPO)))
                 seen += 1
     assert seen >= 3
+
+
+def test_the_protocol_reference_cited_is_the_one_in_the_repository() -> None:
+    # The code, tests, benchmarks and docs cite docs/protocol.md; PROTOCOL.md lived
+    # outside the repository, where a reader of a clone cannot follow the citation.
+    assert (REPO / "docs" / "protocol.md").is_file()
+    citing = [path.relative_to(REPO) for folder in ("qqbridge", "tests", "bench", "docs", "deploy")
+              for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".md", ".yaml", ".txt")
+              and "PROTOCOL.md" in path.read_text(encoding="utf-8") and path.name != "test_deploy_docs.py"]  # fmt: skip
+    citing += [Path(name) for name in ("README.md", "config.example.yaml") if "PROTOCOL.md" in (REPO / name).read_text()]
+    assert citing == []

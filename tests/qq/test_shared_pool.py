@@ -1,6 +1,6 @@
 """All QQ clients of the bridge share one `QQHttp` (`qqbridge.qq.pool`): an account
 costs kilobytes, yet every request still goes on its own connection with
-`Connection: close` (PROTOCOL.md §1), each keeps its own deadline and reply cap, and
+`Connection: close` (docs/protocol.md §1), each keeps its own deadline and reply cap, and
 one account's `aclose` never closes the pool the others use.
 
 The hostile-server tests run again below with a client that borrows the shared pool."""

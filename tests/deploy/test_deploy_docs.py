@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +43,14 @@ def test_the_protocol_reference_cited_is_the_one_in_the_repository() -> None:
               and "PROTOCOL.md" in path.read_text(encoding="utf-8") and path.name != "test_deploy_docs.py"]  # fmt: skip
     citing += [Path(name) for name in ("README.md", "config.example.yaml") if "PROTOCOL.md" in (REPO / name).read_text()]
     assert citing == []
+
+
+def test_the_files_that_hold_tokens_are_ignored_by_git() -> None:
+    # The README's steps write config.yaml and registration.yaml (and the SQLite
+    # database) in the repository root: one `git add .` away from a commit.
+    secrets = ["config.yaml", "registration.yaml", "qqbridge.db", "qqbridge.db-wal", "data/config.yaml"]
+    ignored = subprocess.run(["git", "check-ignore", *secrets], cwd=REPO, capture_output=True, text=True, check=False)
+    assert sorted(ignored.stdout.split()) == sorted(secrets)
+    examples = ["config.example.yaml", "registration.example.yaml"]
+    kept = subprocess.run(["git", "check-ignore", *examples], cwd=REPO, capture_output=True, text=True, check=False)
+    assert kept.stdout.split() == []

@@ -3,11 +3,14 @@ bridge fails on is answered in the room, never dropped silently; echoes are igno
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from qqbridge.bridge import core
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.store import Store
@@ -61,3 +64,31 @@ async def test_echoes_of_the_bot_and_puppets_are_ignored(bridge: Bridge) -> None
     for stored in await bridge.store.pending_events():
         await bridge._handle_in_order(stored)
     assert bridge.matrix.sent == []
+
+
+async def test_an_event_that_hangs_is_set_aside_at_the_deadline_and_its_room_goes_on(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 8: one event must never hold its room (or anyone) for ever. A login waits on
+    # QQ, so the deadline is long (180 s); here it is 0.3 s.
+    monkeypatch.setattr(core, "HANDLING_DEADLINE", 0.3)
+    events = [{"event_id": eid, "type": "m.room.message", "room_id": "!r:example.org", "sender": "@bob:example.org",
+               "content": {"msgtype": "m.text", "body": body}} for eid, body in (("$hang", "stuck"), ("$next", "help"))]  # fmt: skip
+    await bridge.store.record_transaction("t1", events)
+    handled: list[str] = []
+
+    async def hangs_once(event: Any) -> None:
+        if event.event_id == "$hang":
+            await asyncio.sleep(3600)
+        handled.append(event.event_id)
+
+    bridge.handle = hangs_once  # type: ignore[method-assign]
+    stored = await bridge.store.pending_events()
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(bridge._handle_in_order(event) for event in stored)), 5)
+    assert time.monotonic() - started < 2
+    assert handled == ["$next"]  # the room's next event went once the stuck one was set aside
+    [(room, notice)] = bridge.matrix.sent
+    assert "took more than" in notice["body"] and "not acted on or sent" in notice["body"]
+    assert notice["m.relates_to"]["m.in_reply_to"]["event_id"] == "$hang"
+    assert await bridge.store.pending_events() == []  # set aside, not retried at the next wake

@@ -12,7 +12,7 @@ configuration on loopback (`perf_stack.py`), then (`perf_phases.py`):
    it logs in and the bridge relays all 900. Synapse's own pace with 16 sends in flight
    (and one at a time) is measured just before and after, into the same rooms.
 5. For each of --accounts: the bridge restarted with that many logged-in accounts;
-   start-up until all poll, memory, CPU and requests while idle, and the first message
+   start-up until all poll, memory, CPU and requests while idle, then the first message
    after quiet.
 
 Writes the table, how the cost grows and a projection for 10,000 accounts to

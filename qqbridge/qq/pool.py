@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import h11
@@ -146,9 +147,8 @@ class _Exchange(asyncio.Protocol):
         self.reply = reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(self._request)
+        self._transport = cast(asyncio.Transport, transport)  # a TCP transport, asyncio's or uvloop's
+        self._transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         self._feed(data)

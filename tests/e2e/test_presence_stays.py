@@ -18,7 +18,7 @@ from qqbridge.qq import QQClient, model, password_md5
 from tests.e2e.seen import KeptAlive, lapse, presence, puppet, wait_for_presence
 from tests.e2e.test_control_room import command
 
-WATCH = 130.0  # s: more than three times Synapse's drop (35 s), past two of its 60 s "last active" timers
+WATCH = 300.0  # s: the 5 minutes issue 10 asks for; ~8 times Synapse's drop (35 s), past four of its 60 s timers
 SYNC_ONLINE_TIMEOUT_MS = 30_000  # Synapse's default, which the test homeserver keeps
 
 

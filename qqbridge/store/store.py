@@ -3,10 +3,10 @@
 It owns what the bridge must not forget across a restart: which homeserver
 transactions it has already taken (and their events, until handled), who uses the
 bridge and how their QQ login stands, small bits of bridge state, and the QQ
-request counter (SEQ), all here; puppets, portals and friend requests
-(`contacts.py`), and the messages each way until they crossed (`messages.py`), whose
-functions `Store` exposes as methods of the same name, so that the bridge holds one
-object. It knows SQL but not which database: that is `database.py`'s job, and the
+request counter (SEQ), all here; the homeserver transactions and the Matrix inbox
+(`inbox.py`), puppets, portals and friend requests (`contacts.py`), and the messages
+each way until they crossed (`messages.py`), whose functions `Store` exposes as
+methods of the same name, so that the bridge holds one object. It knows SQL but not which database: that is `database.py`'s job, and the
 schema is `migrations.py`'s.
 
 Every method is one database transaction (or one statement), so a caller never sees,
@@ -15,19 +15,13 @@ and a crash never leaves, half of one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qqbridge.store import contacts, messages, seq
-from qqbridge.store.checks import inbox_event as _inbox_values
-from qqbridge.store.checks import limit as _limit
-from qqbridge.store.checks import printable as _printable
+from qqbridge.store import contacts, inbox, messages, seq
 from qqbridge.store.checks import text as _text
-from qqbridge.store.checks import to_json as _json
 from qqbridge.store.checks import uin as _uin
 from qqbridge.store.contacts import UNSET, Unset
 from qqbridge.store.database import Database, connect
@@ -38,7 +32,6 @@ from qqbridge.store.rows import (
     FriendRequest,
     InboundMessage,
     InboxEvent,
-    InboxState,
     LoginState,
     OutgoingMessage,
     Portal,
@@ -46,15 +39,8 @@ from qqbridge.store.rows import (
     Puppet,
 )
 
-# The homeserver may retry a transaction for a long while; its id must outlive that.
-MIN_TXN_RETENTION_SECONDS = 24 * 60 * 60
-
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _USER_COLUMNS = "mxid, control_room_id, qq_uin, password_md5, login_state, pending_login_uin, created_at, updated_at"
-_INBOX_COLUMNS = (
-    "inbox_id, event_id, txn_id, room_id, sender, type, state_key, content, origin_server_ts,"
-    " event_json, state, error, received_at, handled_at"
-)
 
 
 class Store:
@@ -91,120 +77,25 @@ class Store:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    # -- appservice transactions and the Matrix inbox -------------------------------
+    # -- appservice transactions and the Matrix inbox: inbox.py ----------------------
 
     async def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> bool:
-        """Store a homeserver transaction's events, once per transaction.
-
-        A transaction is known by its id together with its event ids: Synapse on
-        SQLite numbers transactions from 1 again after a restart once everything was
-        delivered, so an id alone would make the bridge deaf to new events. Returns
-        False, storing nothing, for a transaction recorded before. Otherwise stores
-        it and every event (state 'pending') and returns True. All or nothing: if any
-        event cannot be stored, neither is the transaction, so the homeserver's retry
-        is taken afresh. An event id already in the inbox (from another transaction)
-        is skipped, not an error.
-        """
-        _text("txn_id", txn_id)
-        if not isinstance(events, list):
-            raise InvalidValueError(f"transaction {txn_id}: events must be a list")
-        rows = [_inbox_values(txn_id, index, event) for index, event in enumerate(events)]
-        digest = hashlib.sha256("\x00".join(str(values[0]) for values in rows).encode()).hexdigest()[:16]
-        now = self._now_ms()
-        async with self.db.transaction():
-            recorded = await self.db.fetchval(
-                "INSERT INTO appservice_txn (txn_id, received_at, event_count) VALUES ($1, $2, $3)"
-                " ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id",
-                f"{txn_id}#{digest}",
-                now,
-                len(events),
-            )
-            if recorded is None:
-                return False
-            for values in rows:
-                await self.db.execute(
-                    "INSERT INTO matrix_inbox (event_id, txn_id, room_id, sender, type, state_key, content,"
-                    " origin_server_ts, event_json, state, received_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                    " ON CONFLICT (event_id) DO NOTHING",
-                    *values,
-                    InboxState.PENDING.value,
-                    now,
-                )
-        return True
+        return await inbox.record_transaction(self.db, self._now_ms(), txn_id, events)
 
     async def pending_events(self, limit: int = 100, *, after: int = 0) -> list[InboxEvent]:
-        """Events not yet handled, oldest first; those stored after inbox id `after`
-        (a cursor, for paging through a long inbox)."""
-        _limit(limit)
-        rows = await self.db.fetch(
-            f"SELECT {_INBOX_COLUMNS} FROM matrix_inbox WHERE state = $1 AND inbox_id > $2"
-            " ORDER BY inbox_id LIMIT $3",
-            InboxState.PENDING.value,
-            int(after),
-            limit,
-        )
-        return [InboxEvent.from_row(row) for row in rows]
+        return await inbox.pending_events(self.db, limit, after=after)
 
     async def count_pending_events(self) -> int:
-        """How many events wait to be handled (for `ping` and the metrics)."""
-        return int(
-            await self.db.fetchval("SELECT COUNT(*) FROM matrix_inbox WHERE state = $1", InboxState.PENDING.value)
-        )
+        return await inbox.count_pending_events(self.db)
 
     async def mark_event_handled(self, event_id: str, error: str | None = None) -> None:
-        """The event has been handled: 'handled', or 'failed' with `error` saying why."""
-        _text("event_id", event_id)
-        state = InboxState.HANDLED if error is None else InboxState.FAILED
-        changed = await self.db.execute(
-            "UPDATE matrix_inbox SET state = $2, error = $3, handled_at = $4 WHERE event_id = $1",
-            event_id,
-            state.value,
-            None if error is None else _printable(str(error)),
-            self._now_ms(),
-        )
-        if not changed:
-            raise NotFoundError(f"no event {event_id} in the inbox")
+        await inbox.mark_event_handled(self.db, self._now_ms(), event_id, error)
 
     async def forget_event_content(self, event_id: str) -> None:
-        """Blank what an inbox event said, as a Matrix redaction does: its content, and
-        `unsigned` (which may repeat it). For the password message after `login`,
-        whose text must not stay on disk. An event not in the inbox is nothing to do."""
-        _text("event_id", event_id)
-        async with self.db.transaction():
-            raw = await self.db.fetchval("SELECT event_json FROM matrix_inbox WHERE event_id = $1", event_id)
-            if raw is None:
-                return
-            event = json.loads(raw)
-            event["content"] = {}
-            event.pop("unsigned", None)
-            await self.db.execute(
-                "UPDATE matrix_inbox SET content = $2, event_json = $3 WHERE event_id = $1",
-                event_id,
-                "{}",
-                _json(event),
-            )
-        await self.db.purge_freed_data()
+        await inbox.forget_event_content(self.db, event_id)
 
     async def prune(self, older_than_seconds: float) -> PruneResult:
-        """Forget handled events, relayed QQ events and sent outbox pieces older than
-        that, and transaction ids older than that or 24 hours, whichever is longer.
-        Nothing still pending is ever pruned."""
-        if not isinstance(older_than_seconds, (int, float)) or older_than_seconds < 0:
-            raise InvalidValueError(f"older_than_seconds must be >= 0, not {older_than_seconds!r}")
-        now = self._now_ms()
-        txn_age = max(older_than_seconds, MIN_TXN_RETENTION_SECONDS)
-        async with self.db.transaction():
-            events = await self.db.execute(
-                "DELETE FROM matrix_inbox WHERE state <> $1 AND handled_at < $2",
-                InboxState.PENDING.value,
-                now - int(older_than_seconds * 1000),
-            )
-            txns = await self.db.execute("DELETE FROM appservice_txn WHERE received_at < $1", now - int(txn_age * 1000))
-            cutoff = now - int(older_than_seconds * 1000)
-            inbound = await self.db.execute("DELETE FROM qq_inbound WHERE state <> 'pending' AND fetched_at < $1", cutoff)
-            outgoing = await self.db.execute("DELETE FROM outbox WHERE state <> 'pending' AND created_at < $1", cutoff)
-        return PruneResult(events=events, transactions=txns, inbound=inbound, outgoing=outgoing)
+        return await inbox.prune(self.db, self._now_ms(), older_than_seconds)
 
     # -- bridge users ---------------------------------------------------------------
 

@@ -1,0 +1,139 @@
+"""The appservice transactions the bridge has taken, and the Matrix inbox: every event
+stored once, by its id, before the transaction is answered, and handled (or set aside
+as failed) in order. `Store` exposes these functions as methods of the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from qqbridge.store.checks import inbox_event as _inbox_values
+from qqbridge.store.checks import limit as _limit
+from qqbridge.store.checks import printable as _printable
+from qqbridge.store.checks import text as _text
+from qqbridge.store.checks import to_json as _json
+from qqbridge.store.database import Database
+from qqbridge.store.errors import InvalidValueError, NotFoundError
+from qqbridge.store.rows import InboxEvent, InboxState, PruneResult
+
+# The homeserver may retry a transaction for a long while; its id must outlive that.
+MIN_TXN_RETENTION_SECONDS = 24 * 60 * 60
+
+_INBOX_COLUMNS = (
+    "inbox_id, event_id, txn_id, room_id, sender, type, state_key, content, origin_server_ts,"
+    " event_json, state, error, received_at, handled_at"
+)
+
+
+async def record_transaction(db: Database, now: int, txn_id: str, events: list[dict[str, Any]]) -> bool:
+    """Store a homeserver transaction's events, once per transaction.
+
+    A transaction is known by its id together with its event ids: Synapse on
+    SQLite numbers transactions from 1 again after a restart once everything was
+    delivered, so an id alone would make the bridge deaf to new events. Returns
+    False, storing nothing, for a transaction recorded before. Otherwise stores
+    it and every event (state 'pending') and returns True. All or nothing: if any
+    event cannot be stored, neither is the transaction, so the homeserver's retry
+    is taken afresh. An event id already in the inbox (from another transaction)
+    is skipped, not an error.
+    """
+    _text("txn_id", txn_id)
+    if not isinstance(events, list):
+        raise InvalidValueError(f"transaction {txn_id}: events must be a list")
+    rows = [_inbox_values(txn_id, index, event) for index, event in enumerate(events)]
+    digest = hashlib.sha256("\x00".join(str(values[0]) for values in rows).encode()).hexdigest()[:16]
+    async with db.transaction():
+        recorded = await db.fetchval(
+            "INSERT INTO appservice_txn (txn_id, received_at, event_count) VALUES ($1, $2, $3)"
+            " ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id",
+            f"{txn_id}#{digest}",
+            now,
+            len(events),
+        )
+        if recorded is None:
+            return False
+        for values in rows:
+            await db.execute(
+                "INSERT INTO matrix_inbox (event_id, txn_id, room_id, sender, type, state_key, content,"
+                " origin_server_ts, event_json, state, received_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                *values,
+                InboxState.PENDING.value,
+                now,
+            )
+    return True
+
+async def pending_events(db: Database, limit: int = 100, *, after: int = 0) -> list[InboxEvent]:
+    """Events not yet handled, oldest first; those stored after inbox id `after`
+    (a cursor, for paging through a long inbox)."""
+    _limit(limit)
+    rows = await db.fetch(
+        f"SELECT {_INBOX_COLUMNS} FROM matrix_inbox WHERE state = $1 AND inbox_id > $2"
+        " ORDER BY inbox_id LIMIT $3",
+        InboxState.PENDING.value,
+        int(after),
+        limit,
+    )
+    return [InboxEvent.from_row(row) for row in rows]
+
+async def count_pending_events(db: Database) -> int:
+    """How many events wait to be handled (for `ping` and the metrics)."""
+    return int(
+        await db.fetchval("SELECT COUNT(*) FROM matrix_inbox WHERE state = $1", InboxState.PENDING.value)
+    )
+
+async def mark_event_handled(db: Database, now: int, event_id: str, error: str | None = None) -> None:
+    """The event has been handled: 'handled', or 'failed' with `error` saying why."""
+    _text("event_id", event_id)
+    state = InboxState.HANDLED if error is None else InboxState.FAILED
+    changed = await db.execute(
+        "UPDATE matrix_inbox SET state = $2, error = $3, handled_at = $4 WHERE event_id = $1",
+        event_id,
+        state.value,
+        None if error is None else _printable(str(error)),
+        now,
+    )
+    if not changed:
+        raise NotFoundError(f"no event {event_id} in the inbox")
+
+async def forget_event_content(db: Database, event_id: str) -> None:
+    """Blank what an inbox event said, as a Matrix redaction does: its content, and
+    `unsigned` (which may repeat it). For the password message after `login`,
+    whose text must not stay on disk. An event not in the inbox is nothing to do."""
+    _text("event_id", event_id)
+    async with db.transaction():
+        raw = await db.fetchval("SELECT event_json FROM matrix_inbox WHERE event_id = $1", event_id)
+        if raw is None:
+            return
+        event = json.loads(raw)
+        event["content"] = {}
+        event.pop("unsigned", None)
+        await db.execute(
+            "UPDATE matrix_inbox SET content = $2, event_json = $3 WHERE event_id = $1",
+            event_id,
+            "{}",
+            _json(event),
+        )
+    await db.purge_freed_data()
+
+async def prune(db: Database, now: int, older_than_seconds: float) -> PruneResult:
+    """Forget handled events, relayed QQ events and sent outbox pieces older than
+    that, and transaction ids older than that or 24 hours, whichever is longer.
+    Nothing still pending is ever pruned."""
+    if not isinstance(older_than_seconds, (int, float)) or older_than_seconds < 0:
+        raise InvalidValueError(f"older_than_seconds must be >= 0, not {older_than_seconds!r}")
+    txn_age = max(older_than_seconds, MIN_TXN_RETENTION_SECONDS)
+    async with db.transaction():
+        events = await db.execute(
+            "DELETE FROM matrix_inbox WHERE state <> $1 AND handled_at < $2",
+            InboxState.PENDING.value,
+            now - int(older_than_seconds * 1000),
+        )
+        txns = await db.execute("DELETE FROM appservice_txn WHERE received_at < $1", now - int(txn_age * 1000))
+        cutoff = now - int(older_than_seconds * 1000)
+        inbound = await db.execute("DELETE FROM qq_inbound WHERE state <> 'pending' AND fetched_at < $1", cutoff)
+        outgoing = await db.execute("DELETE FROM outbox WHERE state <> 'pending' AND created_at < $1", cutoff)
+    return PruneResult(events=events, transactions=txns, inbound=inbound, outgoing=outgoing)

@@ -13,7 +13,7 @@ import yaml
 
 from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
 from qqbridge.bridge.permissions import Permissions
-from qqbridge.config import ConfigError, load_config
+from qqbridge.config import Config, ConfigError, load_config
 
 EXAMPLE = Path(__file__).parent.parent.parent / "config.example.yaml"
 
@@ -99,3 +99,17 @@ def test_commands_parse_strictly() -> None:
     for bad in ("login", "login 9999", "login 4294967296", "login 10001 extra", "logn 10001", ""):
         with pytest.raises(CommandError):
             table.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("qq", "fast", "idle"),
+    [
+        ({}, 1.0, 30.0),  # protocol seconds at time scale 1
+        ({"time_scale": 0.1}, 0.1, 3.0),  # unset: they follow the simulator's clock
+        ({"time_scale": 0.01}, 0.1, 0.5),  # but never so fast that QQ is flooded
+        ({"time_scale": 0.1, "poll_fast": 2.0, "poll_idle": 20.0}, 2.0, 20.0),  # set: real seconds as written
+    ],
+)
+def test_poll_intervals_follow_the_time_scale_unless_set(qq: dict, fast: float, idle: float) -> None:
+    config = Config(homeserver={"url": "http://hs", "domain": "x"}, qq=qq)
+    assert (config.qq.poll_fast_seconds, config.qq.poll_idle_seconds) == pytest.approx((fast, idle))

@@ -1,5 +1,7 @@
 """The bridge core with a real store (SQLite) and a recording homeserver: a message the
-bridge fails on is answered in the room, never dropped silently; echoes are ignored."""
+bridge fails on is answered in the room, never dropped silently, and one that hangs is
+set aside at the deadline; echoes are ignored; QQ messages stored before a restart are
+shown at the start even while QQ is down."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 from qqbridge.bridge import core
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
+from qqbridge.qq import QQClient
 from qqbridge.store import Store
 
 
@@ -92,3 +95,42 @@ async def test_an_event_that_hangs_is_set_aside_at_the_deadline_and_its_room_goe
     assert "took more than" in notice["body"] and "not acted on or sent" in notice["body"]
     assert notice["m.relates_to"]["m.in_reply_to"]["event_id"] == "$hang"
     assert await bridge.store.pending_events() == []  # set aside, not retried at the next wake
+
+
+class AnsweringMatrix(RecordingMatrix):
+    """Answers every other homeserver call the start makes (presence, pictures, names)."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def answer(*args: Any, **kwargs: Any) -> None: ...
+
+        return answer
+
+
+async def test_qq_messages_stored_before_a_restart_are_shown_at_start_while_qq_is_down(tmp_path: Path) -> None:
+    # Issue 9: what the bridge fetched from QQ and stored before a restart is shown in
+    # Matrix at the start, whether or not QQ answers then (nothing listens on port 9).
+    config = Config(homeserver={"url": "http://hs", "domain": "example.org"}, permissions={"example.org": "user"},
+                    qq={"server_url": "http://127.0.0.1:9/", "timeout": 2.0})  # fmt: skip
+    store = await Store.open(str(tmp_path / "bridge.db"))
+    owner = "@bob:example.org"
+    await store.upsert_user(owner)
+    await store.complete_login(owner, 10001, "0" * 32)
+    await store.claim_portal(owner, 10002, stranger=False)
+    await store.set_portal_room(owner, 10002, "!portal:example.org")
+    await store.store_inbound(owner, 10001, 7, [(9, 10002, "sent before the restart")])
+    matrix = AnsweringMatrix()
+    bridge = Bridge(config, store, matrix, qq_factory=lambda uin: QQClient(config.qq.server_url, uin, timeout=2.0))
+    try:
+        await bridge.start()
+        for _ in range(100):
+            if matrix.sent:
+                break
+            await asyncio.sleep(0.05)
+        assert [(room, content["body"]) for room, content in matrix.sent] == [
+            ("!portal:example.org", "sent before the restart")
+        ]
+        assert await store.count_pending_inbound(owner) == 0
+        assert bridge.accounts.get(owner).state.value in ("connecting", "unreachable")  # QQ is down indeed
+    finally:
+        await bridge.stop()
+        await store.close()

@@ -163,6 +163,24 @@ class ControlRoom:
         user = await self.store.get_user(mxid)
         return user is not None and user.login_state == LoginState.AWAITING_PASSWORD
 
+    async def cannot_redact(self, room_id: str) -> str | None:
+        """Why the bot could not redact someone else's message in the room, or None
+        when it can (or the power levels cannot be read: the redaction itself tells)."""
+        bot = self.bridge.config.bot_mxid
+        try:
+            create = await self.bridge.matrix.get_state(room_id, "m.room.create")
+            if bot in (create.get("additional_creators") or ()):  # room v12: a creator outranks every level
+                return None
+            levels = await self.bridge.matrix.get_state(room_id, "m.room.power_levels")
+        except MatrixError as exc:
+            log.info("could not read a room's power levels", room_id=room_id, error=exc.errcode)
+            return None
+        users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
+        mine, needed = users.get(bot, levels.get("users_default", 0)), levels.get("redact", 50)
+        if isinstance(mine, int) and isinstance(needed, int) and mine < needed:
+            return f"that takes power level {needed}; I have {mine}"
+        return None
+
     async def redact_quietly(self, room_id: str, event_id: str) -> bool:
         """Redact a message that may hold a password; False if the homeserver refused."""
         try:
@@ -236,8 +254,14 @@ class ControlRoom:
             await self.store.begin_login(user.mxid, args.uin)
         except ConflictError:
             raise CommandError(f"QQ {args.uin} is already bridged for another Matrix user") from None
-        await reply(f"Send your QQ password for {args.uin} as your next message (or `cancel`). "
-                    "I will redact it at once and keep only its MD5, which is what QQ needs.")  # fmt: skip
+        ask = (f"Send your QQ password for {args.uin} as your next message (or `cancel`). "
+               "I will redact it at once and keep only its MD5, which is what QQ needs.")  # fmt: skip
+        cannot = await self.cannot_redact(reply.room_id)
+        if cannot:  # said before the password comes, while there is time to fix it or cancel
+            ask = (f"⚠ I cannot delete messages in this room ({cannot}), so your password would stay "
+                   "visible here. Give me moderator rights in the room's settings first, or type `cancel` "
+                   f"and start a new direct chat with me. {ask.replace('I will redact it at once and ', 'I ')}")
+        await reply(ask)
 
     async def cmd_cancel(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         await reply("Nothing to cancel: no login is waiting for a password.")

@@ -34,6 +34,7 @@ class Matrix(Protocol):
     async def put_state(
         self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = "", *, user_id: str | None = None
     ) -> None: ...
+    async def get_state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any]: ...
     async def request(
         self, method: str, path: str, body: Any = None, *, user_id: str | None = None, what: str = ""
     ) -> dict[str, Any]:

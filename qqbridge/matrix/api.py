@@ -253,6 +253,11 @@ class HomeserverAPI:
         method, path, body = Api.room_put_state(_PLACEHOLDER, room_id, event_type, content, state_key)
         await self.request(method, path, body, user_id=user_id, what=f"state {event_type} in {room_id}")
 
+    async def get_state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any]:
+        """A state event's content, as the bot sees it."""
+        method, path = Api.room_get_state_event(_PLACEHOLDER, room_id, event_type, state_key)
+        return await self.request(method, path, what=f"state {event_type} of {room_id}")
+
     async def ping(self, appservice_id: str, transaction_id: str | None = None) -> dict[str, Any]:
         """Ask the homeserver to ping this appservice back (spec v1.7); for `doctor`."""
         body = {"transaction_id": transaction_id} if transaction_id else {}

@@ -110,3 +110,23 @@ async def _notifications(stack, person, room: str, since: str) -> int:
     sync = await client_get(stack, person, "/sync", timeout=0, since=since)
     joined = sync.get("rooms", {}).get("join", {})
     return joined.get(room, {}).get("unread_notifications", {}).get("notification_count", 0)
+
+
+async def test_login_where_the_bot_cannot_delete_the_password_says_so_before_it_is_typed(stack, user) -> None:
+    # Element's "start a direct chat" gives the bot the creator's power (trusted private
+    # chat: in room version 12 the bot is one of the room's creators), so the bot can
+    # redact the password. A room made another way (here: a
+    # private chat, the bot at power level 0) cannot have it redacted: the person is
+    # told before typing it, while there is time to give the bot the power or cancel.
+    person = await user("view6")
+    answer = await person.client.room_create(is_direct=True, invite=[stack.bot])
+    room = answer.room_id
+    await person.wait_for_text(room, "control room", sender=stack.bot)
+    warned = await command(person, room, "login 10001", "Send your QQ password for 10001", stack)
+    assert "I cannot delete messages in this room (that takes power level 50; I have 0)" in warned
+    await command(person, room, "cancel", "Login cancelled", stack)
+
+    trusted = await control_room(person, stack)  # what Element makes: no warning there
+    asked = await command(person, trusted, "login 10001", "Send your QQ password for 10001", stack)
+    assert "cannot delete" not in asked and "I will redact it at once" in asked
+    await command(person, trusted, "cancel", "Login cancelled", stack)

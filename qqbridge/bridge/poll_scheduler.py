@@ -17,9 +17,9 @@ budget, `qq.max_requests_per_second` (200 by default).
              `qq.poll_fast`, never slower than the account's poll_idle (the
              server's HI caps it), so no session expires
 
-Waiting costs: a poll is about 1.1 ms of CPU (half of it the kernel's TCP connect and
+Waiting costs: a poll is about 0.9 ms of CPU (half of it the kernel's TCP connect and
 send, as the protocol has one request per connection), so idle polling is capped at
-half the budget, 100 a second by default, about 11 % of a core; the other half buys
+half the budget, 100 a second by default, about 9 % of a core; the other half buys
 latency where people are chatting. The curve at the default budget, no chat active:
 100 idle accounts are polled every 1 s, 500 every 5 s, 1,000 every 10 s, 3,000 and
 more every 30 s (poll_idle), where the budget no longer binds (the protocol's

@@ -27,21 +27,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FIRST_UIN = 100000
-FRIENDS = 8
 
-
-def write_fixture(path: Path, count: int) -> None:
-    accounts = []
-    for i in range(count):
-        uin = FIRST_UIN + i
-        friends = [FIRST_UIN + (i + k) % count for k in range(1, FRIENDS + 1) if (i + k) % count != i]
-        accounts.append({"uin": uin, "password": f"pw{uin}", "nick": f"user {uin}", "face": i % 300, "friends": friends})
-    path.write_text(yaml.safe_dump({"accounts": accounts}), encoding="utf-8")
+from bench.sim_rps import FIRST_UIN, write_fixture  # noqa: E402  (the same N accounts, 8 friends each)
 
 
 def rss_mb() -> float:

@@ -15,9 +15,9 @@ While the QQ server is out, the account waits on its `QQServer` (bridge/outages.
 which probes it once a second for every account on it, and polls again the moment it
 answers; the person is told once that QQ is out (after OUTAGE_NOTICE_AFTER) and once
 that it is back. An unreachable account stays unreachable through the logins it
-tries meanwhile, until a poll goes through. The friend sync after a login (`on_login`) failing for a reason other
-than an outage does not stop polling: it is tried again later, with backoff, and the
-person is told once per distinct problem.
+tries meanwhile, until a poll goes through (`_reached`). The friend sync after a login
+(`on_login`) failing for a reason other than an outage does not stop polling: it is
+tried again later, with backoff, and the person is told once per distinct problem.
 
 Every login (at start-up, after a lost session) waits for a token of the `Pace` all
 accounts share (`qq.logins_per_second`), so a restart with 1,000 accounts is no login
@@ -488,7 +488,6 @@ class QQAccount:
                 self.fetched += len(batch.events)
             self._pending_seq = None  # released; the store keeps it until the next one overwrites it
             self.last_poll = time.time()
-            self.state = AccountState.ONLINE
             if not batch.full:
                 return got_any
         log.info("GetMsgEx replies stay full; pausing before fetching more", uin=self.uin, rounds=DRAIN_ROUNDS)

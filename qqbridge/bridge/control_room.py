@@ -254,14 +254,15 @@ class ControlRoom:
             await self.store.begin_login(user.mxid, args.uin)
         except ConflictError:
             raise CommandError(f"QQ {args.uin} is already bridged for another Matrix user") from None
-        ask = (f"Send your QQ password for {args.uin} as your next message (or `cancel`). "
-               "I will redact it at once and keep only its MD5, which is what QQ needs.")  # fmt: skip
+        ask = f"Send your QQ password for {args.uin} as your next message (or `cancel`)."
         cannot = await self.cannot_redact(reply.room_id)
-        if cannot:  # said before the password comes, while there is time to fix it or cancel
-            ask = (f"⚠ I cannot delete messages in this room ({cannot}), so your password would stay "
-                   "visible here. Give me moderator rights in the room's settings first, or type `cancel` "
-                   f"and start a new direct chat with me. {ask.replace('I will redact it at once and ', 'I ')}")
-        await reply(ask)
+        if cannot is None:
+            await reply(f"{ask} I will redact it at once and keep only its MD5, which is what QQ needs.")
+            return
+        # Said before the password comes, while there is time to fix it or cancel.
+        await reply(f"⚠ I cannot delete messages in this room ({cannot}), so your password would stay visible "
+                    "here. Give me moderator rights in the room's settings first, or type `cancel` and start a "
+                    f"new direct chat with me. {ask} I keep only its MD5, which is what QQ needs.")  # fmt: skip
 
     async def cmd_cancel(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         await reply("Nothing to cancel: no login is waiting for a password.")

@@ -9,6 +9,7 @@ rights or a logged-in QQ account (mautrix's way), and `help` is built from them.
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -76,7 +77,11 @@ class CommandTable:
             raise CommandError("empty command; type `help` for the list")
         command = self.commands.get(words[0].lower())
         if command is None:
-            raise CommandError(f"unknown command `{words[0][:40]}`; type `help` for the list")
+            # What was typed is never repeated: it may be a password sent too late or
+            # in the wrong place. A command name it resembles says nothing of it.
+            close = difflib.get_close_matches(words[0].lower(), self.commands, n=1, cutoff=0.75)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise CommandError(f"That is not a command; {hint}type `help` for the list.")
         return command, command.parser.parse_args(words[1:])
 
     def help_text(self, *, admin: bool) -> str:

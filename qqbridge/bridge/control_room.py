@@ -18,7 +18,7 @@ from qqbridge.bridge.outages import clock_time, duration
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
 from qqbridge.store import ConflictError
-from qqbridge.store.rows import LoginState
+from qqbridge.store.rows import BridgeUser, InboxEvent, LoginState
 
 if TYPE_CHECKING:
     from qqbridge.bridge.core import Bridge
@@ -34,10 +34,12 @@ STATUSES = {"online": model.Status.ONLINE, "busy": model.Status.BUSY,
 
 class Reply:
     """Answers to one command, each with a transaction id derived from the command's
-    event, so handling the same event again after a crash sends nothing new."""
+    event, so handling the same event again after a crash sends nothing new.
+    `inbox_id`: the command's place in the inbox, for a `login` to wait on what follows."""
 
-    def __init__(self, bridge: Bridge, room_id: str, cause: str) -> None:
+    def __init__(self, bridge: Bridge, room_id: str, cause: str, inbox_id: int = 0) -> None:
         self._bridge, self.room_id, self._cause, self._count = bridge, room_id, cause, 0
+        self.inbox_id = inbox_id
 
     async def __call__(self, text: str) -> None:
         self._count += 1
@@ -99,7 +101,8 @@ class ControlRoom:
 
     # ---- messages ----------------------------------------------------------------------
 
-    async def message(self, room_id: str, sender: str, event_id: str, content: dict[str, Any]) -> None:
+    async def message(self, event: InboxEvent, content: dict[str, Any]) -> None:
+        room_id, sender, event_id = event.room_id, event.sender, event.event_id
         user = await self.store.get_user_by_control_room(room_id)
         reply = Reply(self.bridge, room_id, event_id)
         if user is None:
@@ -117,10 +120,16 @@ class ControlRoom:
         if not isinstance(body, str) or content.get("msgtype") not in ("m.text", "m.notice"):
             await reply("Commands are plain text messages; type `help` for the list.")
             return
-        if user.login_state == "awaiting_password":
+        if user.login_state == LoginState.AWAITING_PASSWORD:
+            if event.inbox_id <= (user.password_after or 0):
+                # The `login` command itself, or a message before it, seen again: never
+                # the password (the inbox hands out each event once; this stays a guard).
+                log.error("a message from before the password prompt came back; not taken as the password",
+                          event_id=event_id, inbox_id=event.inbox_id, password_after=user.password_after)  # fmt: skip
+                return
             await self._password(user, room_id, event_id, body, reply)
             return
-        await self.run_command(user, room_id, event_id, body)
+        await self.run_command(user, room_id, event_id, body, inbox_id=event.inbox_id)
 
     async def _not_a_control_room(self, room_id: str, sender: str, reply: Reply) -> None:
         """A message in a room the bot is in that is neither a portal nor a control room
@@ -141,9 +150,13 @@ class ControlRoom:
             return
         await Reply(self.bridge, room_id, event_id)(ENCRYPTED)
 
-    async def run_command(self, user: Any, room_id: str, event_id: str, body: str, *, in_portal: bool = False) -> None:
-        """A command typed in the control room, or after `!qq` in a portal."""
-        reply = Reply(self.bridge, room_id, event_id)
+    async def run_command(
+        self, user: BridgeUser, room_id: str, event_id: str, body: str, *, inbox_id: int, in_portal: bool = False
+    ) -> None:
+        """A command typed in the control room, or after `!qq` in a portal; `inbox_id`
+        is its event's place in the inbox (a `login` takes only a later message for
+        the password)."""
+        reply = Reply(self.bridge, room_id, event_id, inbox_id)
         text = body.strip().removeprefix("!qq").strip()
         try:
             command, args = self.table.parse(text)
@@ -251,7 +264,7 @@ class ControlRoom:
 
     async def cmd_login(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
         try:
-            await self.store.begin_login(user.mxid, args.uin)
+            await self.store.begin_login(user.mxid, args.uin, password_after=reply.inbox_id)
         except ConflictError:
             raise CommandError(f"QQ {args.uin} is already bridged for another Matrix user") from None
         ask = f"Send your QQ password for {args.uin} as your next message (or `cancel`)."

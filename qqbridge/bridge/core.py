@@ -39,12 +39,14 @@ from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
+from qqbridge.store.rows import InboxEvent, Portal
 
 log = structlog.get_logger(__name__)
 
 INBOX_PAGE = 200  # events read from the store at a time
 INBOX_IN_FLIGHT = 2000  # events in hand at once, across all rooms
 HANDLING_DEADLINE = 180.0  # seconds for one event (a login waits on QQ); then it is set aside
+MARK_RETRY_CAP = 30.0  # seconds between tries to record an event handled while the store fails
 
 
 @dataclasses.dataclass
@@ -84,7 +86,6 @@ class Bridge:
         self._wake = asyncio.Event()
         self._rooms: dict[str, _RoomQueue] = {}  # rooms with events in hand
         self._slots = asyncio.Semaphore(INBOX_IN_FLIGHT)
-        self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbox_task: asyncio.Task[None] | None = None
 
@@ -100,6 +101,9 @@ class Bridge:
         for mxid in waiting:
             self.inbound.wake(mxid)  # QQ messages stored before a restart: shown now, QQ up or not
         await self.control.interrupted_logins()
+        released = await self.store.release_claimed_events()  # claimed when the bridge stopped
+        if released:
+            log.info("events being handled when the bridge stopped are handled again", count=released)
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
         self._keep(asyncio.create_task(self._janitor(), name="janitor"))
         self._keep(asyncio.create_task(self.puppets.presence.run(), name="presence"))
@@ -153,24 +157,34 @@ class Bridge:
     # ---- the inbox ---------------------------------------------------------------------
 
     async def _inbox_loop(self) -> None:
-        """Each wake pages through *every* pending event (a burst of 10,000 is taken
-        whole, not 100 a wake), starting one task per event; the room's lock keeps each
-        room in order while rooms run side by side. At most `INBOX_IN_FLIGHT` events
-        are in hand at once, so a flood waits in the store, not in memory."""
+        """Each wake claims *every* pending event, a page at a time (a burst of 10,000
+        is taken whole, not 100 a wake), starting one task per event; the room's lock
+        keeps each room in order while rooms run side by side. At most
+        `INBOX_IN_FLIGHT` events are in hand at once (a page more while the loop waits
+        for a slot), so a flood waits in the store, not in memory.
+
+        Exactly once by construction: an event is handled only by the task started for
+        the claim that moved it from pending to handling in the store (`claim_events`),
+        and no read of the inbox can return it as pending after that, whenever it ran."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            after = 0
-            while batch := await self.store.pending_events(INBOX_PAGE, after=after):
-                for event in batch:
-                    if event.event_id in self._inflight:
-                        continue
-                    await self._slots.acquire()
-                    self._inflight.add(event.event_id)
-                    self._keep(asyncio.create_task(self._handle_in_order(event)))
-                after = batch[-1].inbox_id
+            while True:
+                await self._slots.acquire()  # never claim what cannot start soon
+                try:
+                    batch = await self.store.claim_events(INBOX_PAGE)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if not batch:
+                    self._slots.release()
+                    break
+                for index, event in enumerate(batch):
+                    if index:
+                        await self._slots.acquire()
+                    self._keep(asyncio.create_task(self._handle_in_order(event), name=f"event {event.event_id}"))
 
-    async def _handle_in_order(self, event: Any) -> None:
+    async def _handle_in_order(self, event: InboxEvent) -> None:
         room = self._rooms.setdefault(event.room_id, _RoomQueue())
         room.waiting += 1
         try:
@@ -189,18 +203,31 @@ class Bridge:
                     log.exception("event handling failed", event_id=event.event_id, type=event.type)
                     error = f"{type(exc).__name__}: {exc}"
                     await self._report_failure(event, error)
-                try:
-                    await self.store.mark_event_handled(event.event_id, error)
-                except Exception:  # the store is failing: the event stays pending for the next wake
-                    log.exception("could not mark an event handled", event_id=event.event_id)
+                await self._mark_handled(event, error)
         finally:
-            self._inflight.discard(event.event_id)
             self._slots.release()
             room.waiting -= 1
             if not room.waiting:
                 self._rooms.pop(event.room_id, None)
 
-    async def _report_failure(self, event: Any, error: str) -> None:
+    async def _mark_handled(self, event: InboxEvent, error: str | None) -> None:
+        """Record the outcome. While the store fails, the event stays claimed (never
+        handled a second time by this bridge) and the mark is tried again with pauses;
+        a bridge stopped meanwhile handles it again at its next start, where the
+        transaction ids of what it sent make that harmless."""
+        pause = 0.5
+        while True:
+            try:
+                await self.store.mark_event_handled(event.event_id, error)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not mark an event handled; trying again", event_id=event.event_id, pause=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MARK_RETRY_CAP)
+
+    async def _report_failure(self, event: InboxEvent, error: str) -> None:
         """A user's message the bridge could not act on is answered, never dropped silently."""
         if event.type != "m.room.message" or self.is_bridge_user(event.sender):
             return
@@ -214,7 +241,7 @@ class Bridge:
     def is_bridge_user(self, mxid: str) -> bool:
         return mxid == self.config.bot_mxid or self.config.puppet_uin(mxid) is not None
 
-    async def handle(self, event: Any) -> None:
+    async def handle(self, event: InboxEvent) -> None:
         if self.is_bridge_user(event.sender):
             return  # our own echo
         content = event.content if isinstance(event.content, dict) else {}
@@ -230,7 +257,7 @@ class Bridge:
         if portal is not None:
             await self.portal_event(portal, event, content)
         elif event.type == "m.room.message":
-            await self.control.message(event.room_id, event.sender, event.event_id, content)
+            await self.control.message(event, content)
         elif event.type == "m.room.encrypted":
             await self.control.encrypted(event.room_id, event.sender, event.event_id)
         elif event.type == "m.reaction":
@@ -253,7 +280,7 @@ class Bridge:
         if request is not None and request.state == "accepted" and account is not None:
             await self.puppets.befriended(account.qq, request.from_uin)
 
-    async def portal_event(self, portal: Any, event: Any, content: dict[str, Any]) -> None:
+    async def portal_event(self, portal: Portal, event: InboxEvent, content: dict[str, Any]) -> None:
         """Matrix → QQ: only the portal's owner is relayed."""
         if event.sender != portal.owner_mxid:
             return
@@ -272,11 +299,6 @@ class Bridge:
                               txn_id=txn_for("encrypted", cause), reply_to=cause)  # fmt: skip
             return
         body = content.get("body")
-        if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
-            user = await self.store.get_user(event.sender)
-            if user is not None:
-                await self.control.run_command(user, room, cause, body, in_portal=True)
-            return
         if event.type == "m.room.message" and await self.control.awaiting_password(event.sender):
             # It may well be the password, typed in the wrong room: never relay or keep it.
             await self.store.forget_event_content(cause)
@@ -287,6 +309,11 @@ class Bridge:
                                  "; if it was your password, delete it. ")
                               + "Send your password in the control room, then anything else here again.",
                               txn_id=txn_for("password", cause))  # fmt: skip
+            return
+        if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
+            user = await self.store.get_user(event.sender)
+            if user is not None:
+                await self.control.run_command(user, room, cause, body, inbox_id=event.inbox_id, in_portal=True)
             return
         if event.type not in ("m.room.message", "m.sticker"):
             return

@@ -306,7 +306,9 @@ class _Run:
     in order, and each lane relays its rows one after another, taking a slot of the
     user's and of the bridge's bound for each (status lanes their own). A row leaves
     the hand only once the store says relayed or failed, so a row is never read again
-    while in a lane. The first failure that is raised (one that may pass, or a bug's
+    while in a lane; and a row done while a read is under way stays known as done
+    until that read has returned (`done_during_read`): on PostgreSQL the read may run
+    on another pooled connection and still see it pending. The first failure that is raised (one that may pass, or a bug's
     early tries) stops every lane before its next row; the rows left stay pending, and
     it is raised once what was in flight is done."""
 
@@ -315,6 +317,8 @@ class _Run:
         self.lanes: dict[Lane, collections.deque[Any]] = {}
         self.workers: set[asyncio.Task[None]] = set()
         self.in_hand: set[int] = set()
+        self.reading = False  # a read of the pending rows is under way
+        self.done_during_read: set[int] = set()  # rows that read may still return as pending
         self.failure: BaseException | None = None
         self.changed = asyncio.Event()  # a row done, a lane stopped, or new rows stored
         self.stirred = False
@@ -352,11 +356,16 @@ class _Run:
     async def _take(self) -> bool:
         """Read the pending rows and hand the new ones to their lanes; whether more
         may be waiting in the store."""
-        limit = len(self.in_hand) + PAGE
-        rows = await self.inbound.store.pending_inbound(self.owner, limit=limit)
+        limit = len(self.in_hand) + len(self.done_during_read) + PAGE
+        self.reading = True
+        try:
+            rows = await self.inbound.store.pending_inbound(self.owner, limit=limit)
+        finally:
+            self.reading = False
+        done, self.done_during_read = self.done_during_read, set()
         more = len(rows) == limit
         for row in rows:
-            if row.inbound_id in self.in_hand:
+            if row.inbound_id in self.in_hand or row.inbound_id in done:
                 continue
             if len(self.in_hand) >= IN_HAND:
                 return True  # the rest (all newer) wait for room
@@ -391,6 +400,8 @@ class _Run:
                         break
                 queue.popleft()
                 self.in_hand.discard(row.inbound_id)
+                if self.reading:
+                    self.done_during_read.add(row.inbound_id)
                 self.changed.set()
         finally:
             if self.lanes.get(lane) is queue:

@@ -1,6 +1,12 @@
 """The appservice transactions the bridge has taken, and the Matrix inbox: every event
 stored once, by its id, before the transaction is answered, and handled (or set aside
 as failed) in order. `Store` exposes these functions as methods of the same name.
+
+An event's state goes pending → handling → handled (or failed). `claim_events` moves
+the oldest pending ones to 'handling' in one statement, and only the claimer handles
+them: an event is claimed once, whatever else reads the inbox meanwhile, on SQLite and
+on PostgreSQL alike (docs/reliability.md, "Exactly once"). Claims left by a bridge that
+stopped in the middle are released at its next start.
 """
 
 from __future__ import annotations
@@ -79,10 +85,39 @@ async def pending_events(db: Database, limit: int = 100, *, after: int = 0) -> l
     )
     return [InboxEvent.from_row(row) for row in rows]
 
+async def claim_events(db: Database, limit: int = 100) -> list[InboxEvent]:
+    """Take the oldest pending events for handling, oldest first: 'pending' becomes
+    'handling' in one statement, so no other read (a page read on another pooled
+    connection, another claim) can take them too. The outer `state = pending` is
+    checked again on each row as it is updated (PostgreSQL re-reads a row a concurrent
+    transaction changed), so two claims never both take one event."""
+    _limit(limit)
+    rows = await db.fetch(
+        f"UPDATE matrix_inbox SET state = $1 WHERE state = $2 AND inbox_id IN"
+        " (SELECT inbox_id FROM matrix_inbox WHERE state = $2 ORDER BY inbox_id LIMIT $3)"
+        f" RETURNING {_INBOX_COLUMNS}",
+        InboxState.HANDLING.value,
+        InboxState.PENDING.value,
+        limit,
+    )
+    return sorted((InboxEvent.from_row(row) for row in rows), key=lambda event: event.inbox_id)
+
+async def release_claimed_events(db: Database) -> int:
+    """At start-up: events claimed by a bridge that stopped before it finished them go
+    back to pending, to be handled now (a reply's transaction id comes from its event,
+    so one that was sent already is not sent again). How many there were."""
+    return await db.execute(
+        "UPDATE matrix_inbox SET state = $1 WHERE state = $2", InboxState.PENDING.value, InboxState.HANDLING.value
+    )
+
 async def count_pending_events(db: Database) -> int:
-    """How many events wait to be handled (for `ping` and the metrics)."""
+    """How many events wait to be handled or are being handled (for `ping` and the metrics)."""
     return int(
-        await db.fetchval("SELECT COUNT(*) FROM matrix_inbox WHERE state = $1", InboxState.PENDING.value)
+        await db.fetchval(
+            "SELECT COUNT(*) FROM matrix_inbox WHERE state IN ($1, $2)",
+            InboxState.PENDING.value,
+            InboxState.HANDLING.value,
+        )
     )
 
 async def mark_event_handled(db: Database, now: int, event_id: str, error: str | None = None) -> None:
@@ -122,14 +157,15 @@ async def forget_event_content(db: Database, event_id: str) -> None:
 async def prune(db: Database, now: int, older_than_seconds: float) -> PruneResult:
     """Forget handled events, relayed QQ events and sent outbox pieces older than
     that, and transaction ids older than that or 24 hours, whichever is longer.
-    Nothing still pending is ever pruned."""
+    Nothing still pending (or being handled) is ever pruned."""
     if not isinstance(older_than_seconds, (int, float)) or older_than_seconds < 0:
         raise InvalidValueError(f"older_than_seconds must be >= 0, not {older_than_seconds!r}")
     txn_age = max(older_than_seconds, MIN_TXN_RETENTION_SECONDS)
     async with db.transaction():
         events = await db.execute(
-            "DELETE FROM matrix_inbox WHERE state <> $1 AND handled_at < $2",
-            InboxState.PENDING.value,
+            "DELETE FROM matrix_inbox WHERE state IN ($1, $2) AND handled_at < $3",
+            InboxState.HANDLED.value,
+            InboxState.FAILED.value,
             now - int(older_than_seconds * 1000),
         )
         txns = await db.execute("DELETE FROM appservice_txn WHERE received_at < $1", now - int(txn_age * 1000))

@@ -198,9 +198,16 @@ async def v2_bridging(db: Database) -> None:
     )
 
 
+async def v3_password_after(db: Database) -> None:
+    """Where a login's password may come from: the inbox id of its `login` command,
+    so that only a message stored after it is ever taken for the password (issue 15)."""
+    await db.execute("ALTER TABLE bridge_user ADD COLUMN password_after BIGINT")
+
+
 MIGRATIONS: list[Migration] = [
     v1_matrix_side,
     v2_bridging,
+    v3_password_after,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

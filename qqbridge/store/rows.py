@@ -29,6 +29,7 @@ class InboxState(StrEnum):
     """Where a Matrix event received from the homeserver stands."""
 
     PENDING = "pending"
+    HANDLING = "handling"  # claimed by the bridge's inbox (`claim_events`), not finished yet
     HANDLED = "handled"
     FAILED = "failed"  # handled, but handling it failed; `error` says why
 
@@ -69,6 +70,9 @@ class BridgeUser:
     password_md5: str | None = field(repr=False)
     login_state: str
     pending_login_uin: int | None  # the uin of `login <uin>` while awaiting the password
+    # The inbox id of that `login` command: the password is a control-room message
+    # stored after it, never the command itself or anything before it.
+    password_after: int | None
     created_at: int
     updated_at: int
 

@@ -40,7 +40,9 @@ from qqbridge.store.rows import (
 )
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
-_USER_COLUMNS = "mxid, control_room_id, qq_uin, password_md5, login_state, pending_login_uin, created_at, updated_at"
+_USER_COLUMNS = (
+    "mxid, control_room_id, qq_uin, password_md5, login_state, pending_login_uin, password_after, created_at, updated_at"
+)
 
 
 class Store:
@@ -84,6 +86,12 @@ class Store:
 
     async def pending_events(self, limit: int = 100, *, after: int = 0) -> list[InboxEvent]:
         return await inbox.pending_events(self.db, limit, after=after)
+
+    async def claim_events(self, limit: int = 100) -> list[InboxEvent]:
+        return await inbox.claim_events(self.db, limit)
+
+    async def release_claimed_events(self) -> int:
+        return await inbox.release_claimed_events(self.db)
 
     async def count_pending_events(self) -> int:
         return await inbox.count_pending_events(self.db)
@@ -158,14 +166,21 @@ class Store:
         assert row is not None  # an upsert always returns its row
         return BridgeUser.from_row(row)
 
-    async def begin_login(self, mxid: str, uin: int) -> BridgeUser:
-        """`login <uin>`: wait for the password. `ConflictError` if another user has
-        bridged that QQ account (said now, before the user types the password)."""
+    async def begin_login(self, mxid: str, uin: int, *, password_after: int = 0) -> BridgeUser:
+        """`login <uin>`: wait for the password, which is a message stored in the inbox
+        after inbox id `password_after` (the command's own). `ConflictError` if another
+        user has bridged that QQ account (said now, before the user types the password)."""
         uin = _uin(uin)
+        if not isinstance(password_after, int) or isinstance(password_after, bool) or password_after < 0:
+            raise InvalidValueError(f"password_after must be an inbox id (an int >= 0), not {password_after!r}")
         async with self.db.transaction():
             await self._check_uin_free(mxid, uin)
             return await self._update_user(
-                mxid, "pending_login_uin = $2, login_state = $3", uin, LoginState.AWAITING_PASSWORD.value
+                mxid,
+                "pending_login_uin = $2, login_state = $3, password_after = $4",
+                uin,
+                LoginState.AWAITING_PASSWORD.value,
+                password_after,
             )
 
     async def complete_login(self, mxid: str, uin: int, password_md5: str) -> BridgeUser:

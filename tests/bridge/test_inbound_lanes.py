@@ -274,3 +274,59 @@ async def test_a_strangers_portal_becomes_a_friends_when_they_are_one(bridge: Br
     assert not portal.stranger
     assert by_room(matrix)[portal.room_id][-3:] == ["who am I", "still me", "a friend now"]
     assert matrix.rooms == 1
+
+
+async def test_a_row_relayed_during_a_read_of_the_store_is_not_relayed_again(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, item 4, driven step by step: a read of the pending rows begins while
+    a row is being relayed, the row is relayed and marked meanwhile, and the read
+    returns it as pending (as one on another pooled PostgreSQL connection may). It
+    must not be relayed a second time."""
+    import collections
+
+    matrix: Homeserver = bridge.matrix  # type: ignore[assignment]
+    calls: collections.Counter[str] = collections.Counter()
+    real_send = matrix.send
+
+    async def send(room_id: str, content: dict[str, Any], *, txn_id: str, **kwargs: Any) -> str:
+        calls[txn_id] += 1
+        return await real_send(room_id, content, txn_id=txn_id, **kwargs)
+
+    monkeypatch.setattr(matrix, "send", send)
+    store = bridge.store
+    real_read, real_mark = store.pending_inbound, store.mark_inbound_relayed
+    armed, marked = asyncio.Event(), asyncio.Event()
+
+    async def read(owner: str, **kwargs: Any) -> Any:
+        stale = armed.is_set() and not marked.is_set()
+        rows = await real_read(owner, **kwargs)
+        if stale:
+            matrix.gate.set()  # the row in hand goes through now...
+            await marked.wait()  # ...and is marked relayed before this read returns
+        return rows
+
+    async def mark(inbound_id: int, event_id: str | None) -> None:
+        await real_mark(inbound_id, event_id)
+        marked.set()
+
+    monkeypatch.setattr(store, "pending_inbound", read)
+    monkeypatch.setattr(store, "mark_inbound_relayed", mark)
+    matrix.gate.clear()
+    await store.store_inbound(OWNER, 10001, 1, [(9, 20002, "first")])
+    bridge.inbound.wake(OWNER)
+    for _ in range(100):
+        if matrix.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert matrix.in_flight == 1  # "first" is being sent
+    await store.store_inbound(OWNER, 10001, 2, [(9, 20003, "second")])
+    armed.set()
+    bridge.inbound.wake(OWNER)  # rows stored during the run: it reads the store again
+    for _ in range(200):
+        if await states(bridge) == {"relayed": 2} and not matrix.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # a second relay of "first" would be under way now
+    assert await states(bridge) == {"relayed": 2}
+    assert sorted(calls.values()) == [1, 1], calls

@@ -254,3 +254,53 @@ async def test_forget_event_content_blanks_a_password_message(store: Store, back
         for file in (path, path.with_name(path.name + "-wal")):
             if file.exists():
                 assert b"correct-horse" not in file.read_bytes(), file
+
+
+async def test_a_claim_takes_each_pending_event_once_oldest_first(store: Store, clock: FakeClock) -> None:
+    await store.record_transaction("t1", [event(n) for n in range(1, 6)])
+    first = await store.claim_events(limit=2)
+    assert [e.event_id for e in first] == ["$event1", "$event2"]
+    assert {e.state for e in first} == {InboxState.HANDLING}
+    # A claimed event is no longer pending: no read or claim returns it again.
+    assert [e.event_id for e in await store.pending_events()] == ["$event3", "$event4", "$event5"]
+    assert [e.event_id for e in await store.claim_events(limit=10)] == ["$event3", "$event4", "$event5"]
+    assert await store.claim_events(limit=10) == []
+    assert await store.count_pending_events() == 5  # waiting or in hand: still to be handled
+    clock.advance(1)
+    await store.mark_event_handled("$event1")
+    await store.mark_event_handled("$event2", error="boom")
+    assert await store.count_pending_events() == 3
+    # Pruning never takes an event in hand.
+    clock.advance(10)
+    assert (await store.prune(older_than_seconds=0)).events == 2
+    assert await store.count_pending_events() == 3
+
+
+async def test_claims_left_by_a_stopped_bridge_are_released_at_its_start(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.record_transaction("t1", [event(n) for n in range(1, 4)])
+    await store.claim_events(limit=2)
+    await store.mark_event_handled("$event1")
+    await store.close()  # stopped with $event2 in hand
+    store = await open_store()
+    assert await store.release_claimed_events() == 1
+    assert [e.event_id for e in await store.claim_events()] == ["$event2", "$event3"]
+
+
+async def test_concurrent_claims_never_take_one_event_twice(store: Store) -> None:
+    """Many claims at once (on PostgreSQL each on its own pooled connection), while
+    events are still arriving: every event is claimed exactly once."""
+    claimed: list[str] = []
+
+    async def claimer() -> None:
+        for _ in range(40):
+            claimed.extend(e.event_id for e in await store.claim_events(limit=7))
+            await asyncio.sleep(0)
+
+    async def deliver() -> None:
+        for t in range(20):
+            await store.record_transaction(f"t{t}", [event(t * 10 + n) for n in range(10)])
+
+    await asyncio.gather(deliver(), *(claimer() for _ in range(6)))
+    claimed.extend(e.event_id for e in await store.claim_events(limit=500))
+    assert sorted(claimed) == sorted(f"$event{n}" for n in range(200))

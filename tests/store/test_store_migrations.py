@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from qqbridge.store import seq
 from qqbridge.store import LATEST_VERSION, MigrationError, SchemaTooNewError, Store
 from qqbridge.store.database import Database, connect
 from qqbridge.store.migrations import MIGRATIONS, schema_version, upgrade
@@ -25,11 +26,16 @@ async def snapshot(db: Database, tables: list[str] = TABLES) -> dict[str, Any]:
 
 
 async def fill_v1(store: Store) -> None:
+    """What a bridge of the first release stored. The user row is written as that
+    release's table has it: today's store reads and writes columns added since."""
     await store.record_transaction("txn1", [{"event_id": "$e1", "room_id": "!r", "sender": "@a:x", "type": "m.t"}])
-    await store.set_control_room("@a:x", "!control")
-    await store.complete_login("@a:x", 123456, "0" * 32)
+    await store.db.execute(
+        "INSERT INTO bridge_user (mxid, control_room_id, qq_uin, password_md5, login_state, created_at, updated_at)"
+        " VALUES ('@a:x', '!control', 123456, $1, 'logged_in', 1, 2)",
+        "0" * 32,
+    )
     await store.set_state("k", "v")
-    await store.next_seq("@a:x", "GetMsgEx")
+    await seq.issue(store.db, "@a:x", "GetMsgEx", 3, 1)
 
 
 async def fill(store: Store) -> None:
@@ -91,7 +97,9 @@ async def test_a_version_1_database_is_upgraded_keeping_its_data(raw_db: Databas
     store = await Store.open(db_url)
     try:
         after = await snapshot(store.db, V1_TABLES)
-        assert [row["version"] for row in after.pop("schema_version")] == [1, 2]
+        assert [row["version"] for row in after.pop("schema_version")] == list(range(1, LATEST_VERSION + 1))
+        # v3 added bridge_user.password_after: empty for a user who is not logging in.
+        assert [user.pop("password_after") for user in after["bridge_user"]] == [None]
         assert after == {t: rows for t, rows in before.items() if t != "schema_version"}
         for table in V2_TABLES:
             assert await store.db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0
@@ -107,7 +115,7 @@ async def test_a_version_1_database_is_upgraded_keeping_its_data(raw_db: Databas
 async def test_the_previous_release_refuses_this_ones_database(store: Store) -> None:
     await fill(store)
     before = await snapshot(store.db)
-    with pytest.raises(SchemaTooNewError, match=r"version 2 is newer .*knows up to 1\)"):
+    with pytest.raises(SchemaTooNewError, match=rf"version {LATEST_VERSION} is newer .*knows up to 1\)"):
         await upgrade(store.db, MIGRATIONS[:1])
     assert await snapshot(store.db) == before
 

@@ -5,16 +5,20 @@ matrix-nio as a person drives Element."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 import yaml
 from nio import (
     AsyncClient,
@@ -29,6 +33,28 @@ from nio import (
 TEXTUAL = (RoomMessageText, RoomMessageNotice, RoomMessageEmote)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+POSTGRES_URL = os.environ.get("QQBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_POSTGRES = os.environ.get("QQBRIDGE_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for a bridge under test (its URL), dropped afterwards.
+    No server: the test is skipped, saying so, or fails where CI requires PostgreSQL."""
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 class Process:

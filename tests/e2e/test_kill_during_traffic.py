@@ -7,24 +7,19 @@ tokens and registration), and swapped back afterwards."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import httpx
 import pytest
 import yaml
 
 from qqbridge.qq import model
 from tests.e2e.conftest import QQ_PASSWORDS
+from tests.e2e.harness import postgres_database
 from tests.e2e.test_control_room import command, control_room
-
-POSTGRES_URL = os.environ.get("QQBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REQUIRE_POSTGRES = os.environ.get("QQBRIDGE_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
 
 TO_QQ, FROM_QQ = 12, 20
 
@@ -44,31 +39,22 @@ async def backend(request, stack) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield "sqlite"
         return
-    name = f"qqbridge_kill_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        if REQUIRE_POSTGRES:
-            raise
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    config = yaml.safe_load(stack.config_path.read_text())
-    config["database"]["url"] = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    pg_config = stack.config_path.with_name("config-postgresql.yaml")
-    pg_config.write_text(yaml.safe_dump(config, sort_keys=False))
-    original = list(stack.bridge.args)
-    stack.bridge.args = ["run", "-c", str(pg_config)]
-    stack.restart_bridge()
-    try:
-        yield "postgresql"
-    finally:
-        assert stack.bridge.stop() == 0
-        forget_what_the_other_bridge_changed(stack)
-        stack.bridge.args = original
-        stack.bridge.start()
-        stack.bridge.wait_for_log("qqbridge ready")
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+    async with postgres_database("qqbridge_kill") as url:
+        config = yaml.safe_load(stack.config_path.read_text())
+        config["database"]["url"] = url
+        pg_config = stack.config_path.with_name("config-postgresql.yaml")
+        pg_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        original = list(stack.bridge.args)
+        stack.bridge.args = ["run", "-c", str(pg_config)]
+        stack.restart_bridge()
+        try:
+            yield "postgresql"
+        finally:
+            assert stack.bridge.stop() == 0
+            forget_what_the_other_bridge_changed(stack)
+            stack.bridge.args = original
+            stack.bridge.start()
+            stack.bridge.wait_for_log("qqbridge ready")
 
 
 def forget_what_the_other_bridge_changed(stack) -> None:

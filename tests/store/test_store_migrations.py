@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from qqbridge.store import seq
-from qqbridge.store import LATEST_VERSION, MigrationError, SchemaTooNewError, Store
+from qqbridge.store import LATEST_VERSION, MigrationError, SchemaTooNewError, Store, seq
 from qqbridge.store.database import Database, connect
 from qqbridge.store.migrations import MIGRATIONS, schema_version, upgrade
 

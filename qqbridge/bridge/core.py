@@ -46,7 +46,7 @@ log = structlog.get_logger(__name__)
 INBOX_PAGE = 200  # events read from the store at a time
 INBOX_IN_FLIGHT = 2000  # events in hand at once, across all rooms
 HANDLING_DEADLINE = 180.0  # seconds for one event (a login waits on QQ); then it is set aside
-MARK_RETRY_CAP = 30.0  # seconds between tries to record an event handled while the store fails
+MARK_RETRY_CAP = 30.0  # seconds at most between tries while the store fails (claiming, marking handled)
 
 
 @dataclasses.dataclass
@@ -166,23 +166,36 @@ class Bridge:
         Exactly once by construction: an event is handled only by the task started for
         the claim that moved it from pending to handling in the store (`claim_events`),
         and no read of the inbox can return it as pending after that, whenever it ran."""
+        pause = 0.5
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
-                await self._slots.acquire()  # never claim what cannot start soon
-                try:
-                    batch = await self.store.claim_events(INBOX_PAGE)
-                except BaseException:
-                    self._slots.release()
-                    raise
-                if not batch:
-                    self._slots.release()
-                    break
-                for index, event in enumerate(batch):
-                    if index:
-                        await self._slots.acquire()
-                    self._keep(asyncio.create_task(self._handle_in_order(event), name=f"event {event.event_id}"))
+            try:
+                await self._claim_all()
+                pause = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store is failing: what is pending stays so, claimed at the next try
+                log.exception("could not take events from the inbox; trying again", pause=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MARK_RETRY_CAP)
+                self._wake.set()
+
+    async def _claim_all(self) -> None:
+        while True:
+            await self._slots.acquire()  # never claim what cannot start soon
+            try:
+                batch = await self.store.claim_events(INBOX_PAGE)
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                return
+            for index, event in enumerate(batch):
+                if index:
+                    await self._slots.acquire()
+                self._keep(asyncio.create_task(self._handle_in_order(event), name=f"event {event.event_id}"))
 
     async def _handle_in_order(self, event: InboxEvent) -> None:
         room = self._rooms.setdefault(event.room_id, _RoomQueue())

@@ -38,23 +38,44 @@ POSTGRES_URL = os.environ.get("QQBRIDGE_TEST_POSTGRES_URL", "postgresql://postgr
 REQUIRE_POSTGRES = os.environ.get("QQBRIDGE_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
 
 
-@contextlib.asynccontextmanager
-async def postgres_database(prefix: str) -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for a bridge under test (its URL), dropped afterwards.
-    No server: the test is skipped, saying so, or fails where CI requires PostgreSQL."""
+async def _admin() -> asyncpg.Connection:
+    """A connection to the PostgreSQL server; none: the test is skipped, saying so, or
+    fails where CI requires PostgreSQL."""
     try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        return await asyncpg.connect(POSTGRES_URL, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         if REQUIRE_POSTGRES:
             raise
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+
+
+async def create_postgres_database(prefix: str) -> str:
+    """A fresh PostgreSQL database for a bridge under test; its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    admin = await _admin()
     try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_postgres_database(url: str) -> None:
+    admin = await _admin()
+    try:
+        await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (its URL), dropped afterwards."""
+    url = await create_postgres_database(prefix)
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(url)
 
 
 class Process:

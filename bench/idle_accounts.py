@@ -41,7 +41,7 @@ def rss_mb() -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from qqbridge.bridge.account_registry import Accounts
+    from qqbridge.bridge.qq_sessions.registry import Accounts
     from qqbridge.config import Config
     from qqbridge.qq import QQClient
     from qqbridge.store import Store

@@ -3,7 +3,7 @@
 Starts a local Synapse (default presence timers: an online user who neither syncs nor
 updates drops to offline after 30 s) with an appservice registration, registers N
 puppets, sets them all online at once as the login sync does, then runs the bridge's
-own PresenceKeeper (qqbridge/bridge/presence.py) against it for --seconds and reports:
+own PresenceKeeper (qqbridge/bridge/contacts/presence.py) against it for --seconds and reports:
 
 - PUT /presence requests per second, on average and in the busiest second;
 - CPU seconds per wall-clock second of this process (the keeper and its HTTP client,
@@ -41,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qqbridge.bridge.presence import PresenceKeeper  # noqa: E402
+from qqbridge.bridge.contacts.presence import PresenceKeeper  # noqa: E402
 from qqbridge.local import LocalSynapse  # noqa: E402
 from qqbridge.matrix.api import HomeserverAPI  # noqa: E402
 

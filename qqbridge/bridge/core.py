@@ -21,20 +21,20 @@ from typing import Any
 
 import structlog
 
-from qqbridge.bridge.account_registry import Accounts
-from qqbridge.bridge.accounts import AccountState, QQAccount
-from qqbridge.bridge.commands import CommandError
-from qqbridge.bridge.control_room import ENCRYPTED, ControlRoom
-from qqbridge.bridge.friend_requests import FriendRequests
-from qqbridge.bridge.inbound import Inbound
-from qqbridge.bridge.matrix_to_qq import outgoing_text
+from qqbridge.bridge.qq_sessions.registry import Accounts
+from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
+from qqbridge.bridge.control_room.commands import CommandError
+from qqbridge.bridge.control_room.room import ENCRYPTED, ControlRoom
+from qqbridge.bridge.control_room.friend_requests import FriendRequests
+from qqbridge.bridge.relay.inbound import Inbound
+from qqbridge.bridge.relay.matrix_to_qq import outgoing_text
 from qqbridge.bridge.notices import notice_content, txn_for
-from qqbridge.bridge.outbox import Outbox
-from qqbridge.bridge.permissions import Permissions
-from qqbridge.bridge.portals import Portals
+from qqbridge.bridge.relay.outbox import Outbox
+from qqbridge.bridge.control_room.permissions import Permissions
+from qqbridge.bridge.contacts.portals import Portals
 from qqbridge.bridge.ports import Matrix, QQFactory
-from qqbridge.bridge.presence import friend_of_a_running_account
-from qqbridge.bridge.puppets import Puppets
+from qqbridge.bridge.contacts.presence import friend_of_a_running_account
+from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.metrics import Metrics

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from qqbridge.bridge.avatars import Avatars, draw_bot, draw_face, face_colour, picture_number
-from qqbridge.bridge.portals import Portals
-from qqbridge.bridge.puppets import Puppets
+from qqbridge.bridge.contacts.avatars import Avatars, draw_bot, draw_face, face_colour, picture_number
+from qqbridge.bridge.contacts.portals import Portals
+from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.store import Store

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
-from qqbridge.bridge.permissions import Permissions
+from qqbridge.bridge.control_room.commands import CommandError, CommandTable, qq_number
+from qqbridge.bridge.control_room.permissions import Permissions
 from qqbridge.config import Config, ConfigError, load_config
 
 EXAMPLE = Path(__file__).parent.parent.parent / "config.example.yaml"

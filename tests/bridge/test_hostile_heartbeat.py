@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from qqbridge.bridge.account_registry import Accounts
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import QQClient
 from tests.bridge.test_accounts import MemoryStore
 from tests.hostile_qq import HostileQQ

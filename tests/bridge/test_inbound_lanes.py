@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from qqbridge.bridge import inbound as inbound_module
+from qqbridge.bridge.relay import inbound as inbound_module
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from qqbridge.bridge.core import Bridge
-from qqbridge.bridge.inbound import UNKNOWN_TRIES
+from qqbridge.bridge.relay.inbound import UNKNOWN_TRIES
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.store import Store

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qqbridge.bridge.matrix_to_qq import outgoing_text, strip_reply_fallback
+from qqbridge.bridge.relay.matrix_to_qq import outgoing_text, strip_reply_fallback
 
 HS = "https://hs.example.org"
 

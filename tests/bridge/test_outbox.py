@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from qqbridge.bridge.outbox import Outbox
+from qqbridge.bridge.relay.outbox import Outbox
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors
 from qqbridge.store import Store

@@ -1,4 +1,4 @@
-"""The poll budget (qqbridge/bridge/poll_scheduler.py): active chats every 0.1 s, an
+"""The poll budget (qqbridge/bridge/qq_sessions/poll_scheduler.py): active chats every 0.1 s, an
 account that just sent polled at once, idle accounts sharing the rest of
 qq.max_requests_per_second (at most half), none slower than poll_idle (the server's HI)."""
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from qqbridge.bridge.account_registry import Accounts
-from qqbridge.bridge.poll_scheduler import DEFAULT_REQUESTS_PER_SECOND, PollScheduler
+from qqbridge.bridge.qq_sessions.registry import Accounts
+from qqbridge.bridge.qq_sessions.poll_scheduler import DEFAULT_REQUESTS_PER_SECOND, PollScheduler
 from qqbridge.qq import model
 from tests.bridge.test_accounts import MemoryStore, ScriptedQQ, until
 

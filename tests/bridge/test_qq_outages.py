@@ -10,10 +10,10 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from qqbridge.bridge.account_registry import Accounts
-from qqbridge.bridge.accounts import DRAIN_ROUNDS, AccountState
-from qqbridge.bridge.outages import PROBE_UIN, QQServer, duration
-from qqbridge.bridge.outbox import Outbox
+from qqbridge.bridge.qq_sessions.registry import Accounts
+from qqbridge.bridge.qq_sessions.accounts import DRAIN_ROUNDS, AccountState
+from qqbridge.bridge.qq_sessions.outages import PROBE_UIN, QQServer, duration
+from qqbridge.bridge.relay.outbox import Outbox
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
 from qqbridge.store import Store
@@ -283,7 +283,7 @@ async def test_a_waiting_message_gets_one_notice_then_goes_once_within_a_probe_o
 
 
 async def test_ping_and_accounts_say_the_truth() -> None:
-    from qqbridge.bridge.control_room import account_state, last_good_poll
+    from qqbridge.bridge.control_room.room import account_state, last_good_poll
 
     world, delivered, told = World(), [], []
     accounts = accounts_on(world, delivered, told)

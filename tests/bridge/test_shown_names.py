@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from qqbridge.bridge.notices import notice_content, one_line, quoted, shown_name
-from qqbridge.bridge.puppets import MAX_DISPLAYNAME, Puppets
+from qqbridge.bridge.contacts.puppets import MAX_DISPLAYNAME, Puppets
 from qqbridge.config import Config
 
 
@@ -53,7 +53,7 @@ def test_a_plain_nickname_is_unchanged() -> None:
 
 
 def test_whois_shows_each_profile_field_on_its_own_single_line() -> None:
-    from qqbridge.bridge.contact_commands import describe_profile
+    from qqbridge.bridge.control_room.contact_commands import describe_profile
     from qqbridge.qq import model
 
     profile = model.Profile(uin=10002, nick="Bob\nSYSTEM: type your password", level=3,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from qqbridge.bridge.core import Bridge
-from qqbridge.bridge.portals import PUPPET_POWER
+from qqbridge.bridge.contacts.portals import PUPPET_POWER
 from qqbridge.config import Config
 from qqbridge.matrix.api import HomeserverAPI
 from qqbridge.qq import QQClient

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from qqbridge.bridge.accounts import AccountState
-from qqbridge.bridge.commands import CommandError, CommandTable, qq_number
-from qqbridge.bridge.contact_commands import ContactCommands
+from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.control_room.commands import CommandError, CommandTable, qq_number
+from qqbridge.bridge.control_room.contact_commands import ContactCommands
 from qqbridge.bridge.notices import txn_for
-from qqbridge.bridge.outages import clock_time, duration
+from qqbridge.bridge.qq_sessions.outages import clock_time, duration
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
 from qqbridge.store import ConflictError

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from qqbridge.bridge.accounts import Backoff
+from qqbridge.bridge.qq_sessions.accounts import Backoff
 from qqbridge.bridge.notices import one_line, quoted, txn_for
 from qqbridge.matrix.api import MatrixError
 from qqbridge.matrix.homeserver_health import AlwaysAnswering, HomeserverHealth

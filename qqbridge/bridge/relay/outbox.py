@@ -7,7 +7,7 @@ per QQ account then sends the pieces in order (so each portal keeps its order).
         RES=3 ─▶ the reply itself came after the penalty window: send the same piece again
         RES=20 ─▶ log in again, then the same piece (again at once: with backoff)
         no answer / garbled ─▶ the same SEQ once the server answers again: its probe
-            (bridge/outages.py) says so within a second; the sender's backoff otherwise
+            (qq_sessions/outages.py) says so within a second; the sender's backoff otherwise
         NULL / RES=5 / unsendable ─▶ failed, and a reply notice in the portal says why
     waiting more than WAITING_NOTICE ─▶ one reply notice "waiting for QQ…" in the portal
 
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from qqbridge.bridge.accounts import Backoff, QQAccount
+from qqbridge.bridge.qq_sessions.accounts import Backoff, QQAccount
 from qqbridge.bridge.notices import notice_content, txn_for
-from qqbridge.bridge.outages import QQServer, clock_time, outage_reason
+from qqbridge.bridge.qq_sessions.outages import QQServer, clock_time, outage_reason
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, split_message
 

@@ -11,7 +11,7 @@
     └─────────────┘         with the same SEQ, docs/protocol.md §4)
       wrong password at any login ──▶ bad_password: the poller stops, the user is told
 
-While the QQ server is out, the account waits on its `QQServer` (bridge/outages.py),
+While the QQ server is out, the account waits on its `QQServer` (qq_sessions/outages.py),
 which probes it once a second for every account on it, and polls again the moment it
 answers; the person is told once that QQ is out (after OUTAGE_NOTICE_AFTER) and once
 that it is back. An unreachable account stays unreachable through the logins it
@@ -39,15 +39,15 @@ from typing import Any
 import structlog
 
 from qqbridge.bridge.notices import one_line
-from qqbridge.bridge.outages import (
+from qqbridge.bridge.qq_sessions.outages import (
     OutageNotice,
     QQServer,
     clock_time,
     duration,
     outage_reason,
 )
-from qqbridge.bridge.pacing import Pace
-from qqbridge.bridge.poll_scheduler import PollScheduler
+from qqbridge.bridge.qq_sessions.pacing import Pace
+from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
 from qqbridge.bridge.ports import QQ
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from qqbridge.bridge.commands import CommandError
+from qqbridge.bridge.control_room.commands import CommandError
 from qqbridge.bridge.notices import notice_content, quoted, txn_for
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors

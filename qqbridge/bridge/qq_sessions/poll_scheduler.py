@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from qqbridge.bridge.pacing import Pace
+from qqbridge.bridge.qq_sessions.pacing import Pace
 
 DEFAULT_REQUESTS_PER_SECOND = 200.0
 ACTIVE_INTERVAL = 0.1  # real seconds: the latency an active chat gets

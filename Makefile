@@ -18,9 +18,12 @@ setup: $(VENV)/.installed
 
 # The PostgreSQL half of the store tests uses the server at QQBRIDGE_TEST_POSTGRES_URL
 # (default postgresql://postgres@127.0.0.1:5432/postgres) and is skipped, saying so,
-# when none answers there.
+# when none answers there. The suite runs on TEST_WORKERS pytest-xdist workers (most of
+# it waits on timers, not the CPU), each file on one worker (tests/conftest.py);
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The performance table of issue 11 in one run (about 9 minutes; BENCH_ARGS=--quick for about 5),
 # against a real Synapse and the simulator at time scale 1; writes docs/performance.md.

@@ -10,6 +10,7 @@ and a friend request accepted shows the new friend's status at once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -18,7 +19,10 @@ from qqbridge.qq import QQClient, model, password_md5
 from tests.e2e.seen import KeptAlive, lapse, presence, puppet, wait_for_presence
 from tests.e2e.test_control_room import command
 
-WATCH = 300.0  # s: the 5 minutes issue 10 asks for; ~8 times Synapse's drop (35 s), past four of its 60 s timers
+# Seconds: 2 minutes, past four of Synapse's 30 s drops (issue 16 lets the suite watch 2 where
+# issue 10 asked 5). QQBRIDGE_PRESENCE_WATCH=300 watches the 5 minutes; so does
+# `bench/presence_refresh.py --seconds 300`, with the bridge's own keeper and 1,000 puppets.
+WATCH = float(os.environ.get("QQBRIDGE_PRESENCE_WATCH", "120"))
 SYNC_ONLINE_TIMEOUT_MS = 30_000  # Synapse's default, which the test homeserver keeps
 
 

@@ -73,12 +73,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         qq_for = qq_factory(config, connections)
 
         metrics = Metrics()
-        bridge = Bridge(config, store, matrix, qq_for, metrics)
+        bridge = Bridge(config, store, matrix, qq_for, metrics, homeserver=matrix.health)
         endpoint = AppserviceEndpoint(
             config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists,
             on_rejected=metrics.failures.labels("matrix_bad_event").inc,
         )
-        health.add_routes(endpoint.app, bridge, store, metrics)
+        health.add_routes(endpoint.app, bridge, store, metrics, homeserver=matrix.health)
         guard = ConnectionGuard(http_limits(config))
         guard.install(endpoint.app)
         runner = web.AppRunner(endpoint.app, access_log=None, handle_signals=False,

@@ -18,7 +18,11 @@ from qqbridge.matrix.homeserver_health import HomeserverHealth
 from qqbridge.metrics import CONTENT_TYPE, Metrics
 
 
-def add_routes(app: web.Application, bridge: Any, store: Any, metrics: Metrics) -> None:
+def add_routes(
+    app: web.Application, bridge: Any, store: Any, metrics: Metrics, *, homeserver: HomeserverHealth | None = None
+) -> None:
+    """`homeserver`: the watcher whose outage makes the bridge not ready."""
+
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -30,8 +34,7 @@ def add_routes(app: web.Application, bridge: Any, store: Any, metrics: Metrics) 
             await store.count_pending_events()
         except Exception as exc:  # whatever the database says, it is not ready
             problems.append(f"the database does not answer: {type(exc).__name__}")
-        homeserver = getattr(getattr(bridge, "matrix", None), "health", None)
-        if isinstance(homeserver, HomeserverHealth) and (problem := homeserver.problem()):
+        if homeserver is not None and (problem := homeserver.problem()):
             problems.append(problem)
         status = 503 if problems else 200
         return web.json_response({"ready": not problems, "problems": problems}, status=status)

@@ -16,29 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
 from typing import Any
 
 import structlog
 
-from qqbridge.bridge.qq_sessions.registry import Accounts
-from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
-from qqbridge.bridge.control_room.commands import CommandError
-from qqbridge.bridge.control_room.room import ENCRYPTED, ControlRoom
-from qqbridge.bridge.control_room.friend_requests import FriendRequests
-from qqbridge.bridge.relay.inbound import Inbound
-from qqbridge.bridge.relay.matrix_to_qq import outgoing_text
-from qqbridge.bridge.notices import notice_content, txn_for
-from qqbridge.bridge.relay.outbox import Outbox
-from qqbridge.bridge.control_room.permissions import Permissions
 from qqbridge.bridge.contacts.portals import Portals
-from qqbridge.bridge.ports import Matrix, QQFactory
 from qqbridge.bridge.contacts.presence import friend_of_a_running_account
 from qqbridge.bridge.contacts.puppets import Puppets
+from qqbridge.bridge.control_room.commands import CommandError
+from qqbridge.bridge.control_room.friend_requests import FriendRequests
+from qqbridge.bridge.control_room.permissions import Permissions
+from qqbridge.bridge.control_room.room import ENCRYPTED, ControlRoom
+from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.notifier import Notifier
+from qqbridge.bridge.ports import Matrix, QQFactory
+from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
+from qqbridge.bridge.qq_sessions.registry import Accounts
+from qqbridge.bridge.relay.inbound import Inbound
+from qqbridge.bridge.relay.matrix_to_qq import outgoing_text
+from qqbridge.bridge.relay.outbox import Outbox
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
+from qqbridge.matrix.homeserver_health import HomeserverHealth
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
+from qqbridge.store import Store
 from qqbridge.store.rows import InboxEvent, Portal
 
 log = structlog.get_logger(__name__)
@@ -59,8 +61,11 @@ class _RoomQueue:
 
 class Bridge:
     def __init__(
-        self, config: Config, store: Any, matrix: Matrix, qq_factory: QQFactory, metrics: Metrics | None = None
-    ) -> None:
+        self, config: Config, store: Store, matrix: Matrix, qq_factory: QQFactory, metrics: Metrics | None = None,
+        *, homeserver: HomeserverHealth | None = None,
+    ) -> None:  # fmt: skip
+        """`homeserver`: the watcher of the homeserver's health (HomeserverAPI.health),
+        which the relay waits on while it is down."""
         self.config = config
         self.metrics = metrics or Metrics()
         self.metrics.refresh_with(self._refresh_metrics)
@@ -68,19 +73,23 @@ class Bridge:
         self.store = store
         self.matrix = matrix
         self.permissions = Permissions(config.permissions)
+        self.notifier = notifier = Notifier(store, matrix)
         self.puppets = Puppets(config, store, matrix, watched=self._watched)
         self.portals = Portals(store, matrix, self.puppets)
-        self.inbound = Inbound(self)
-        self.outbox = Outbox(self)
-        self.friend_requests = FriendRequests(self)
+        self.outbox = Outbox(store, matrix, self.metrics, time_scale=config.qq.time_scale)
         scale = config.qq.time_scale
         self.accounts = Accounts(
-            qq_factory, store, self.inbound.receive, self.tell_user,
+            qq_factory, store, self._from_qq, notifier.tell_user,
             poll_fast=config.qq.poll_fast_seconds, poll_idle=config.qq.poll_idle_seconds, backoff_cap=60.0 * scale,
             time_scale=scale, logins_per_second=config.qq.logins_per_second,
             max_requests_per_second=config.qq.max_requests_per_second,
-            alert=lambda mxid, text: self.tell_user(mxid, text, notify=True),  # a stopped login needs an answer
+            alert=lambda mxid, text: notifier.tell_user(mxid, text, notify=True),  # a stopped login needs an answer
             on_login=self.sync_account, sender=self.outbox.run, metrics=self.metrics,
+        )  # fmt: skip
+        self.friend_requests = FriendRequests(store, matrix, notifier, self.puppets, self.accounts)
+        self.inbound = Inbound(
+            store, matrix, notifier, self.metrics, accounts=self.accounts, puppets=self.puppets,
+            portals=self.portals, friend_requests=self.friend_requests, homeserver=homeserver,
         )  # fmt: skip
         self.control = ControlRoom(self)
         self._wake = asyncio.Event()
@@ -123,6 +132,11 @@ class Bridge:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _from_qq(self, owner: str, seq: int, events: list[model.Event]) -> None:
+        """The pollers' delivery goes to the inbound relay (built after the accounts,
+        which it consults)."""
+        await self.inbound.receive(owner, seq, events)
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -247,7 +261,7 @@ class Bridge:
         text = (f"⚠ The bridge could not handle this message ({error}); it was not acted on or sent. "
                 "Try again, or ask the bridge's admin to look at its log.")  # fmt: skip
         try:
-            await self.notice(event.room_id, text, txn_id=txn_for("failed", event.event_id), reply_to=event.event_id)
+            await self.notifier.notice(event.room_id, text, txn_id=txn_for("failed", event.event_id), reply_to=event.event_id)
         except Exception as exc:  # the event is marked failed all the same: never handled again
             log.warning("could not report a failure to the user", event_id=event.event_id, error=str(exc))
 
@@ -280,7 +294,7 @@ class Bridge:
                     if await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"]):
                         await self._answered_by_reaction(event.sender, str(relates.get("event_id")))
                 except CommandError as exc:
-                    await self.notice(event.room_id, str(exc), txn_id=txn_for("reaction", event.event_id),
+                    await self.notifier.notice(event.room_id, str(exc), txn_id=txn_for("reaction", event.event_id),
                                       reply_to=event.event_id)  # fmt: skip
 
     def _watched(self, uin: int) -> bool:
@@ -300,15 +314,15 @@ class Bridge:
         room, cause = event.room_id, event.event_id
         contact = await self.puppets.label(portal.uin)
         if event.type == "m.room.redaction":
-            await self.notice(room, f"QQ cannot unsend messages: {contact} keeps what was sent.",
+            await self.notifier.notice(room, f"QQ cannot unsend messages: {contact} keeps what was sent.",
                               txn_id=txn_for("redaction", cause))  # fmt: skip
             return
         if event.type == "m.reaction":
-            await self.notice(room, f"QQ has no reactions: {contact} did not see this one.",
+            await self.notifier.notice(room, f"QQ has no reactions: {contact} did not see this one.",
                               txn_id=txn_for("reaction", cause), reply_to=cause)  # fmt: skip
             return
         if event.type == "m.room.encrypted":
-            await self.notice(room, ENCRYPTED + f" This message was not sent to {contact}.",
+            await self.notifier.notice(room, ENCRYPTED + f" This message was not sent to {contact}.",
                               txn_id=txn_for("encrypted", cause), reply_to=cause)  # fmt: skip
             return
         body = content.get("body")
@@ -316,7 +330,7 @@ class Bridge:
             # It may well be the password, typed in the wrong room: never relay or keep it.
             await self.store.forget_event_content(cause)
             gone = await self.control.redact_quietly(room, cause)
-            await self.notice(room, "Not sent: your login is waiting for your QQ password, which goes in your "
+            await self.notifier.notice(room, "Not sent: your login is waiting for your QQ password, which goes in your "
                               "control room only. This message was not sent to QQ and not kept"
                               + (" (and I removed it here, in case it was your password). " if gone else
                                  "; if it was your password, delete it. ")
@@ -332,10 +346,10 @@ class Bridge:
             return
         text = outgoing_text(event.type, content, self.config.homeserver.public_url or self.config.homeserver.url)
         if text is None:
-            await self.notice(room, "This message has nothing QQ can carry; it was not sent.", txn_id=txn_for("empty", cause))
+            await self.notifier.notice(room, "This message has nothing QQ can carry; it was not sent.", txn_id=txn_for("empty", cause))
             return
         if self.accounts.get(event.sender) is None:
-            await self.notice(room, "Not sent: you are not logged into QQ. Type `login <QQ number>` in your control "
+            await self.notifier.notice(room, "Not sent: you are not logged into QQ. Type `login <QQ number>` in your control "
                               "room, then send it again.", txn_id=txn_for("offline", cause))  # fmt: skip
             return
         await self.outbox.enqueue(event.sender, room, cause, portal.uin, text)
@@ -374,23 +388,3 @@ class Bridge:
         self.inbound.wake(account.mxid)  # anything stored before a restart
         self.outbox.wake(account.mxid)
         return len(online)
-
-    # ---- talking to users --------------------------------------------------------------
-
-    async def notice(
-        self, room_id: str, text: str, *, txn_id: str | None = None, reply_to: str | None = None, notify: bool = False
-    ) -> str:
-        """The bot says `text`; `notify` when it needs the person's answer (notices.notice_content)."""
-        content = notice_content(text, reply_to=reply_to, notify=notify)
-        return await self.matrix.send(room_id, content, txn_id=txn_id or txn_for("notice", uuid.uuid4()))
-
-    async def tell_user(self, mxid: str, text: str, *, notify: bool = False) -> None:
-        """A notice in the user's control room; logged if they have none."""
-        await self.notice_user(mxid, text, txn_id=txn_for("tell", uuid.uuid4()), notify=notify)
-
-    async def notice_user(self, mxid: str, text: str, *, txn_id: str, notify: bool = False) -> str | None:
-        user = await self.store.get_user(mxid)
-        if user is None or not user.control_room_id:
-            log.warning("no control room to tell", mxid=mxid, text=text)
-            return None
-        return await self.notice(user.control_room_id, text, txn_id=txn_id, notify=notify)

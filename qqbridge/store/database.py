@@ -7,10 +7,11 @@ in the store may know which one it is talking to:
   (SQLAlchemy's and mautrix's convention) opens SQLite; `postgresql://...` (or
   `postgres://...`) opens an asyncpg pool. `redact_url` hides passwords in messages.
 - SQL dialect: SQL is written once, in PostgreSQL's spelling, with `$1` placeholders.
-  The SQLite backend rewrites the two things SQLite spells differently:
-  `$n` -> `?n` (numbered, so a parameter may be used twice) and
+  The SQLite backend rewrites the three things SQLite spells differently:
+  `$n` -> `?n` (numbered, so a parameter may be used twice),
   `BIGSERIAL PRIMARY KEY` -> `INTEGER PRIMARY KEY AUTOINCREMENT` (an ever-increasing
-  row id that is never reused, which ordered queues rely on). Everything else the
+  row id that is never reused, which ordered queues rely on), and a subquery's
+  `FOR UPDATE SKIP LOCKED` is dropped (one writer: nothing to lock). Everything else the
   store writes (`ON CONFLICT`, `RETURNING`, `CASE`, `BIGINT`, `TEXT`) means the same
   on both.
 - Results: rows come back as plain `dict`s; `execute` returns the number of rows it
@@ -138,8 +139,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-# A single-quoted SQL literal (skipped untouched), or a placeholder / serial column.
-_SQLITE_REWRITE = re.compile(r"'(?:[^']|'')*'|\$(\d+)|\bBIGSERIAL PRIMARY KEY\b", re.IGNORECASE)
+# A single-quoted SQL literal (skipped untouched), a placeholder, a serial column, or a
+# row lock (SQLite has one writer and a statement is atomic: nothing to lock or skip).
+_SQLITE_REWRITE = re.compile(
+    r"'(?:[^']|'')*'|\$(\d+)|\bBIGSERIAL PRIMARY KEY\b|\s+FOR UPDATE SKIP LOCKED\b", re.IGNORECASE
+)
 
 
 @functools.lru_cache(maxsize=1024)  # the store's statements are a few hundred constants
@@ -152,6 +156,8 @@ def to_sqlite(sql: str) -> str:
             return text
         if match.group(1) is not None:
             return "?" + match.group(1)
+        if text.upper().endswith("SKIP LOCKED"):
+            return ""
         return "INTEGER PRIMARY KEY AUTOINCREMENT"
 
     return _SQLITE_REWRITE.sub(replace, sql)

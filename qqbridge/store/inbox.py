@@ -88,13 +88,17 @@ async def pending_events(db: Database, limit: int = 100, *, after: int = 0) -> l
 async def claim_events(db: Database, limit: int = 100) -> list[InboxEvent]:
     """Take the oldest pending events for handling, oldest first: 'pending' becomes
     'handling' in one statement, so no other read (a page read on another pooled
-    connection, another claim) can take them too. The outer `state = pending` is
-    checked again on each row as it is updated (PostgreSQL re-reads a row a concurrent
-    transaction changed), so two claims never both take one event."""
+    connection, another claim) can take them too. On PostgreSQL the rows are chosen
+    once (a materialized CTE: a LIMIT in an IN-subquery may be evaluated again and take
+    more) and locked as they are chosen, skipping those another claim holds (claims
+    locking rows in different orders would deadlock); the outer `state = pending` is
+    checked again on each row as it is updated, so two claims never both take one
+    event. SQLite has one writer: the statement alone is enough."""
     _limit(limit)
     rows = await db.fetch(
-        f"UPDATE matrix_inbox SET state = $1 WHERE state = $2 AND inbox_id IN"
-        " (SELECT inbox_id FROM matrix_inbox WHERE state = $2 ORDER BY inbox_id LIMIT $3)"
+        "WITH chosen AS MATERIALIZED (SELECT inbox_id FROM matrix_inbox WHERE state = $2"
+        " ORDER BY inbox_id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        " UPDATE matrix_inbox SET state = $1 WHERE state = $2 AND inbox_id IN (SELECT inbox_id FROM chosen)"
         f" RETURNING {_INBOX_COLUMNS}",
         InboxState.HANDLING.value,
         InboxState.PENDING.value,

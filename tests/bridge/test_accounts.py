@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import errors, model
 
 

@@ -266,7 +266,8 @@ async def bridge(tmp_path: Path):
     store = await Store.open(str(tmp_path / "bridge.db"))
     await store.upsert_user(OWNER)
     await store.set_control_room(OWNER, CONTROL)
-    bridge = Bridge(config, store, DownOnCue(), qq_factory=lambda uin: None)
+    matrix = DownOnCue()
+    bridge = Bridge(config, store, matrix, qq_factory=lambda uin: None, homeserver=matrix.health)
     yield bridge
     await bridge.inbound.close()
     await bridge.matrix.health.close()
@@ -299,7 +300,7 @@ async def test_the_relay_waits_for_the_watcher_and_goes_within_a_probe(bridge: B
 async def test_ready_names_the_homeserver_while_it_is_down(bridge: Bridge) -> None:
     bridge.started = True
     app = web.Application()
-    health_routes.add_routes(app, bridge, bridge.store, bridge.metrics)
+    health_routes.add_routes(app, bridge, bridge.store, bridge.metrics, homeserver=bridge.matrix.health)
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/ready")).status == 200
         matrix: DownOnCue = bridge.matrix  # type: ignore[assignment]

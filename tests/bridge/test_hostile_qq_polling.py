@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.qq_sessions.accounts import DRAIN_ROUNDS
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import QQClient
 from tests.bridge.test_accounts import MemoryStore
 from tests.hostile_qq import HostileQQ, enc_list

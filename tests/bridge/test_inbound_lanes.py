@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from qqbridge.bridge.relay import inbound as inbound_module
 from qqbridge.bridge.core import Bridge
+from qqbridge.bridge.relay import inbound as inbound_module
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.qq_sessions.pacing import Pace
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import model
 from tests.bridge.test_accounts import MemoryStore, ScriptedQQ, until
 

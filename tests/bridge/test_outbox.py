@@ -46,8 +46,7 @@ async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
     store = await Store.open(str(tmp_path / "bridge.db"))
     await store.upsert_user(OWNER)
     matrix = RecordingMatrix()
-    config = SimpleNamespace(qq=SimpleNamespace(time_scale=0.001))
-    outbox = Outbox(SimpleNamespace(config=config, store=store, matrix=matrix, metrics=Metrics()))
+    outbox = Outbox(store, matrix, Metrics(), time_scale=0.001)
     qq = ScriptedQQ({
         "two": [errors.RateLimited("CLTMSG"), errors.OutcomeUnknown("CLTMSG", 0, "timeout")],
         "three": [errors.NullReply("CLTMSG")],
@@ -79,8 +78,6 @@ async def test_pacing_survives_a_restart(tmp_path) -> None:
     QQ's 5-in-5-s window (here scaled to 1 s) before a sixth, instead of earning RES=3."""
     store = await Store.open(str(tmp_path / "bridge.db"))
     await store.upsert_user(OWNER)
-    config = SimpleNamespace(qq=SimpleNamespace(time_scale=0.2))
-    bridge = SimpleNamespace(config=config, store=store, matrix=RecordingMatrix(), metrics=Metrics())
     for n in range(5):  # what the process before the restart sent
         [row] = await store.enqueue_outgoing(OWNER, "!portal:x", f"$before{n}", 10002, [f"before {n}"])
         await store.mark_outgoing_sent(row.outbox_id)
@@ -94,7 +91,7 @@ async def test_pacing_survives_a_restart(tmp_path) -> None:
         await original(target, text, seq=seq)
 
     qq.send_message = timed  # type: ignore[method-assign]
-    outbox = Outbox(bridge)  # a new process: nothing in memory
+    outbox = Outbox(store, RecordingMatrix(), Metrics(), time_scale=0.2)  # a new process: nothing in memory
     await outbox.enqueue(OWNER, "!portal:x", "$after", 10002, "after the restart")
     sender = asyncio.create_task(outbox.run(SimpleNamespace(mxid=OWNER, uin=10001, qq=qq, session_lost=None)))
     try:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.qq_sessions.poll_scheduler import DEFAULT_REQUESTS_PER_SECOND, PollScheduler
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import model
 from tests.bridge.test_accounts import MemoryStore, ScriptedQQ, until
 

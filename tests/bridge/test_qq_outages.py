@@ -10,9 +10,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.qq_sessions.accounts import DRAIN_ROUNDS, AccountState
 from qqbridge.bridge.qq_sessions.outages import PROBE_UIN, QQServer, duration
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.relay.outbox import Outbox
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
@@ -247,8 +247,7 @@ async def test_a_waiting_message_gets_one_notice_then_goes_once_within_a_probe_o
     store = await Store.open(str(tmp_path / "bridge.db"))
     await store.upsert_user(OWNER)
     world, matrix = World(), RecordingMatrix()
-    config = SimpleNamespace(qq=SimpleNamespace(time_scale=0.02))  # "30 s" is 0.6 s, floored to 1 s
-    outbox = Outbox(SimpleNamespace(config=config, store=store, matrix=matrix, metrics=Metrics()))
+    outbox = Outbox(store, matrix, Metrics(), time_scale=0.02)  # "30 s" is 0.6 s, floored to 1 s
 
     async def probe() -> None:
         await Client(world, PROBE_UIN).logout()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from qqbridge.bridge.notices import notice_content, one_line, quoted, shown_name
 from qqbridge.bridge.contacts.puppets import MAX_DISPLAYNAME, Puppets
+from qqbridge.bridge.notices import notice_content, one_line, quoted, shown_name
 from qqbridge.config import Config
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from qqbridge.bridge.core import Bridge
 from qqbridge.bridge.contacts.portals import PUPPET_POWER
+from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import HomeserverAPI
 from qqbridge.qq import QQClient

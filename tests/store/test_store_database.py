@@ -56,6 +56,10 @@ def test_to_sqlite_rewrites_placeholders_and_serials_but_not_literals() -> None:
     assert to_sqlite("CREATE TABLE t (id BIGSERIAL PRIMARY KEY, n $10)") == (
         "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, n ?10)"
     )
+    assert to_sqlite("UPDATE t SET s = $1 WHERE id IN (SELECT id FROM t LIMIT 2 FOR UPDATE SKIP LOCKED)") == (
+        "UPDATE t SET s = ?1 WHERE id IN (SELECT id FROM t LIMIT 2)"
+    )
+    assert to_sqlite("SELECT 'FOR UPDATE SKIP LOCKED'") == "SELECT 'FOR UPDATE SKIP LOCKED'"
 
 
 # -- opening ----------------------------------------------------------------------

@@ -23,9 +23,9 @@ from urllib.parse import quote
 
 import structlog
 
+from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.ports import Matrix
-from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.matrix.api import MatrixError
 
 log = structlog.get_logger(__name__)

@@ -21,9 +21,9 @@ from typing import Any
 import structlog
 
 from qqbridge.bridge.contacts.avatars import Avatars, HomeserverMedia, Media
+from qqbridge.bridge.contacts.presence import PresenceKeeper
 from qqbridge.bridge.notices import clip, one_line, shown_name
 from qqbridge.bridge.ports import Matrix
-from qqbridge.bridge.contacts.presence import PresenceKeeper
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model

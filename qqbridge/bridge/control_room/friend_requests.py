@@ -15,11 +15,15 @@ import structlog
 
 from qqbridge.bridge.control_room.commands import CommandError
 from qqbridge.bridge.notices import notice_content, quoted, txn_for
+from qqbridge.bridge.notifier import Notifier
+from qqbridge.bridge.ports import Matrix
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors
+from qqbridge.store import Store
 
 if TYPE_CHECKING:
-    from qqbridge.bridge.core import Bridge
+    from qqbridge.bridge.contacts.puppets import Puppets
+    from qqbridge.bridge.qq_sessions.registry import Accounts
 
 log = structlog.get_logger(__name__)
 
@@ -33,9 +37,11 @@ def reaction_answer(key: str) -> bool | None:
 
 
 class FriendRequests:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self.store = bridge.store
+    """`accounts`: the running QQ accounts, which answer on QQ; `puppets`: who asks."""
+
+    def __init__(self, store: Store, matrix: Matrix, notifier: Notifier, puppets: Puppets, accounts: Accounts) -> None:
+        self.store, self.matrix, self.notifier = store, matrix, notifier
+        self.puppets, self.accounts = puppets, accounts
 
     def _prompt_text(self, label: str, uin: int, reason: str, outcome: str | None = None) -> str:
         said = quoted(reason) if reason else "(no reason given)"  # QQ's text: one line, clipped
@@ -52,15 +58,15 @@ class FriendRequests:
             log.warning("friend request kept, but no control room to show it in", owner=owner, uin=uin)
             return None
         room = user.control_room_id
-        label = await self.bridge.puppets.label(uin)
+        label = await self.puppets.label(uin)
         # It needs an answer, so it notifies (m.text raises the room's notification count).
         text = self._prompt_text(label, uin, reason)
-        event_id = await self.bridge.notice(room, text, txn_id=txn_for("prompt", cause), notify=True)
+        event_id = await self.notifier.notice(room, text, txn_id=txn_for("prompt", cause), notify=True)
         await self.store.set_friend_request_prompt(owner, uin, room, event_id)
         offers = []
         for key in (ACCEPT, REJECT):  # one click answers
             annotation = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
-            offers.append(await self.bridge.matrix.send(room, annotation, event_type="m.reaction",
+            offers.append(await self.matrix.send(room, annotation, event_type="m.reaction",
                                                         txn_id=txn_for("offer", event_id, key)))  # fmt: skip
         await self.store.set_state(_offers_key(event_id), " ".join(offers))
         return event_id
@@ -70,7 +76,7 @@ class FriendRequests:
         request = await self.store.get_friend_request(owner, uin)
         if request is None or request.state != "pending":
             raise CommandError(f"There is no pending friend request from {uin}; type `requests` to see them.")
-        account = self.bridge.accounts.get(owner)
+        account = self.accounts.get(owner)
         if account is None:
             raise CommandError("Answering needs a QQ login; type `login <QQ number>` first.")
         try:
@@ -81,10 +87,10 @@ class FriendRequests:
         except errors.QQError as exc:
             raise CommandError(f"QQ did not take the answer: {exc}. The request is still pending.") from None
         await self.store.answer_friend_request(owner, uin, "accepted" if accept else "rejected")
-        label = await self.bridge.puppets.label(uin)
+        label = await self.puppets.label(uin)
         if accept:
             account.friends.add(uin)
-            await self.bridge.puppets.ensure(uin)
+            await self.puppets.ensure(uin)
             outcome = f"{ACCEPT} Accepted: {label} is now your friend."
         else:
             outcome = f"{REJECT} Rejected" + (f": {reason}" if reason else ".")
@@ -99,14 +105,14 @@ class FriendRequests:
         new = notice_content(text)
         content = {**notice_content(f"* {text}"), "m.new_content": new,
                    "m.relates_to": {"rel_type": "m.replace", "event_id": event_id}}  # fmt: skip
-        await self.bridge.matrix.send(room, content, txn_id=txn_for("outcome", event_id, text))
+        await self.matrix.send(room, content, txn_id=txn_for("outcome", event_id, text))
 
     async def _withdraw_offers(self, room: str, prompt_event_id: str) -> None:
         """The bot's own ✅/❌ go once the request is answered: nothing left to click."""
         key = _offers_key(prompt_event_id)
         for offer in (await self.store.get_state(key) or "").split():
             try:
-                await self.bridge.matrix.redact(room, offer, txn_id=txn_for("withdraw", offer), reason="answered")
+                await self.matrix.redact(room, offer, txn_id=txn_for("withdraw", offer), reason="answered")
             except MatrixError as exc:
                 log.info("could not withdraw a reaction offer", event_id=offer, error=str(exc))
         await self.store.set_state(key, None)

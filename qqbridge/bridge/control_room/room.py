@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.bridge.control_room.commands import CommandError, CommandTable, qq_number
 from qqbridge.bridge.control_room.contact_commands import ContactCommands
 from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.bridge.qq_sessions.outages import clock_time, duration
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
@@ -43,7 +43,7 @@ class Reply:
 
     async def __call__(self, text: str) -> None:
         self._count += 1
-        await self._bridge.notice(self.room_id, text, txn_id=txn_for("reply", self._cause, self._count))
+        await self._bridge.notifier.notice(self.room_id, text, txn_id=txn_for("reply", self._cause, self._count))
 
 
 class ControlRoom:
@@ -84,7 +84,7 @@ class ControlRoom:
         old_room = before.control_room_id if before is not None else None
         if old_room and old_room != room_id:  # a second direct chat with the bot takes over, and the first says so
             try:
-                await self.bridge.notice(old_room, "This is no longer your control room: the direct chat you opened "
+                await self.bridge.notifier.notice(old_room, "This is no longer your control room: the direct chat you opened "
                                          "with me since then is. Give your commands there.", txn_id=txn_for("moved", event_id))  # fmt: skip
             except MatrixError as exc:
                 log.info("could not tell the old control room it moved", room_id=old_room, error=str(exc))
@@ -252,7 +252,7 @@ class ControlRoom:
             if user.pending_login_uin is not None and user.login_state != LoginState.AWAITING_PASSWORD:
                 await self.store.abandon_login(user.mxid, LoginState(user.login_state))
                 try:
-                    await self.bridge.tell_user(user.mxid, f"Your login to QQ {user.pending_login_uin} was interrupted "
+                    await self.bridge.notifier.tell_user(user.mxid, f"Your login to QQ {user.pending_login_uin} was interrupted "
                                                 f"by a bridge restart. Type `login {user.pending_login_uin}` to try again.")  # fmt: skip
                 except MatrixError as exc:
                     log.warning("could not tell a user their login was interrupted", mxid=user.mxid, error=str(exc))
@@ -340,7 +340,7 @@ class ControlRoom:
             raise CommandError(f"{args.mxid} does not use this bridge")
         account = await self.bridge.accounts.end(args.mxid, logout=True)
         await self.store.logout(args.mxid)
-        await self.bridge.tell_user(args.mxid, f"An administrator ({user.mxid}) logged your QQ account out.")
+        await self.bridge.notifier.tell_user(args.mxid, f"An administrator ({user.mxid}) logged your QQ account out.")
         await reply(f"Logged {args.mxid} out" + (f" of QQ {account.uin}." if account else " (no running session)."))
 
 

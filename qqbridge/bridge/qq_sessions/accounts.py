@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from qqbridge.bridge.notices import one_line
+from qqbridge.bridge.ports import QQ
 from qqbridge.bridge.qq_sessions.outages import (
     OutageNotice,
     QQServer,
@@ -48,7 +49,6 @@ from qqbridge.bridge.qq_sessions.outages import (
 )
 from qqbridge.bridge.qq_sessions.pacing import Pace
 from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
-from qqbridge.bridge.ports import QQ
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from qqbridge.bridge.ports import QQ, QQFactory
 from qqbridge.bridge.qq_sessions.accounts import LOGINS_PER_SECOND, Deliver, Notify, QQAccount
 from qqbridge.bridge.qq_sessions.outages import PROBE_INTERVAL, PROBE_UIN, QQServer
 from qqbridge.bridge.qq_sessions.pacing import Pace
 from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
-from qqbridge.bridge.ports import QQ, QQFactory
 
 
 class Accounts:

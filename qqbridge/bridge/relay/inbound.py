@@ -36,19 +36,28 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
-from qqbridge.bridge.qq_sessions.accounts import Backoff
 from qqbridge.bridge.notices import one_line, quoted, txn_for
+from qqbridge.bridge.notifier import Notifier
+from qqbridge.bridge.ports import Matrix
+from qqbridge.bridge.qq_sessions.accounts import Backoff
 from qqbridge.matrix.api import MatrixError
 from qqbridge.matrix.homeserver_health import AlwaysAnswering, HomeserverHealth
+from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
+from qqbridge.store import Store
 from qqbridge.store.errors import ConflictError, InvalidValueError, NotFoundError
+from qqbridge.store.rows import InboundMessage
 
 if TYPE_CHECKING:
-    from qqbridge.bridge.core import Bridge
+    from qqbridge.bridge.contacts.portals import Portals
+    from qqbridge.bridge.contacts.puppets import Puppets
+    from qqbridge.bridge.control_room.friend_requests import FriendRequests
+    from qqbridge.bridge.qq_sessions.accounts import QQAccount
+    from qqbridge.bridge.qq_sessions.registry import Accounts
 
 log = structlog.get_logger(__name__)
 
@@ -105,25 +114,29 @@ class Inbound:
     absent homeserver never stops the pollers from fetching (the QQ server would drop
     the oldest messages past 1,000 waiting; stored here, they wait safely)."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self.store = bridge.store
+    def __init__(
+        self, store: Store, matrix: Matrix, notifier: Notifier, metrics: Metrics, *, accounts: Accounts,
+        puppets: Puppets, portals: Portals, friend_requests: FriendRequests,
+        homeserver: HomeserverHealth | AlwaysAnswering | None = None,
+    ) -> None:  # fmt: skip
+        """`homeserver`: the watcher that says when a homeserver that was down answers
+        again (matrix.homeserver_health); without one, the relay backs off on its own."""
+        self.store, self.matrix, self.notifier, self.metrics = store, matrix, notifier, metrics
+        self.accounts, self.puppets, self.portals, self.friend_requests = accounts, puppets, portals, friend_requests
         self._wakers: dict[str, asyncio.Event] = {}
         self._relayers: dict[str, asyncio.Task[None]] = {}
         self._tries: dict[int, int] = {}  # inbound_id → failures of a kind nobody foresaw
         self._runs: dict[str, _Run] = {}  # the users whose rows are being relayed now
         self.user_sends, self.user_statuses = USER_SENDS, USER_STATUSES
         self.all_sends, self.all_statuses = asyncio.Semaphore(ALL_SENDS), asyncio.Semaphore(ALL_STATUSES)
-        watcher = getattr(bridge.matrix, "health", None)
-        self.homeserver: HomeserverHealth | AlwaysAnswering = AlwaysAnswering()
-        if isinstance(watcher, HomeserverHealth):
-            self.homeserver = watcher
-            watcher.watch(bridge.metrics, waiting=self.store.count_pending_inbound)
+        self.homeserver: HomeserverHealth | AlwaysAnswering = homeserver or AlwaysAnswering()
+        if isinstance(homeserver, HomeserverHealth):
+            homeserver.watch(metrics, waiting=self.store.count_pending_inbound)
 
     async def receive(self, owner: str, seq: int, events: list[model.Event]) -> None:
         """The pollers' delivery: store (raising keeps the SEQ for a refetch), then
         hand over to the user's relay task."""
-        account = self.bridge.accounts.get(owner)
+        account = self.accounts.get(owner)
         user = None if account else await self.store.get_user(owner)
         uin = account.uin if account else user.qq_uin if user else None
         if uin is None:
@@ -159,7 +172,7 @@ class Inbound:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the homeserver is down or failing: the rows stay pending
-                self.bridge.metrics.failures.labels("matrix_unreachable").inc()
+                self.metrics.failures.labels("matrix_unreachable").inc()
                 if passing(exc) and not self.homeserver.answering:
                     # An outage: the watcher tells it once and wakes everyone when it ends.
                     log.debug("relay to Matrix waits for the homeserver", owner=owner, error=str(exc))
@@ -185,7 +198,7 @@ class Inbound:
             if self._runs.get(owner) is run:
                 del self._runs[owner]
 
-    async def relay_row(self, owner: str, row: Any) -> None:
+    async def relay_row(self, owner: str, row: InboundMessage) -> None:
         """Relay one row and mark it relayed, or set it aside; raises (the row stays
         pending) on a failure that may pass, or on a bug's first UNKNOWN_TRIES - 1 tries."""
         try:
@@ -205,42 +218,42 @@ class Inbound:
         self._tries.pop(row.inbound_id, None)
         await self.store.mark_inbound_relayed(row.inbound_id, event_id)
         if row.kind == 9:
-            self.bridge.metrics.messages.labels("qq_to_matrix").inc()
-            self.bridge.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
+            self.metrics.messages.labels("qq_to_matrix").inc()
+            self.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
 
-    async def _set_aside(self, owner: str, row: Any, exc: Exception) -> None:
+    async def _set_aside(self, owner: str, row: InboundMessage, exc: Exception) -> None:
         """Mark the row failed, telling the user once what it was and why (the notice's
         transaction id comes from the row, so a retry never says it twice)."""
         self._tries.pop(row.inbound_id, None)
         why = _why(exc)
         log.warning("QQ event set aside", owner=owner, inbound_id=row.inbound_id, kind=row.kind, error=str(exc))
         kind = "matrix_refused" if isinstance(exc, MatrixError) else "qq_protocol" if hopeless(exc) else "internal"
-        self.bridge.metrics.failures.labels(kind).inc()
+        self.metrics.failures.labels(kind).inc()
         who = str(row.sender_uin)
         if model.legal_uin(row.sender_uin):
             try:
-                who = await self.bridge.puppets.label(row.sender_uin)
+                who = await self.puppets.label(row.sender_uin)
             except Exception:  # the label is a nicety; the notice is not
                 log.warning("no label for a set-aside event's sender", uin=row.sender_uin, exc_info=True)
         what = _KINDS.get(row.kind, f"event (MT={row.kind})")
         said = f": {quoted(row.content, 100)}" if row.content and row.kind in (9, 2, 4) else ""
         text = f"⚠ A QQ {what} from {who} could not be shown here, and was set aside: {why}{said}"
         try:
-            await self.bridge.notice_user(owner, text, txn_id=txn_for("set-aside", row.inbound_id))
+            await self.notifier.notice_user(owner, text, txn_id=txn_for("set-aside", row.inbound_id))
         except MatrixError as notice_exc:
             if passing(notice_exc):
                 raise  # the row stays pending; the same notice is tried again with it
             log.warning("could not tell the user about a set-aside event", owner=owner, error=str(notice_exc))
         await self.store.mark_inbound_failed(row.inbound_id, f"{type(exc).__name__}: {exc}")
 
-    async def _relay(self, owner: str, row: Any) -> str | None:
-        bridge, sender = self.bridge, row.sender_uin
+    async def _relay(self, owner: str, row: InboundMessage) -> str | None:
+        sender = row.sender_uin
         if not model.legal_uin(sender):
             raise Unrelayable(f"{sender} is not a QQ number (10000 to 4294967295); the QQ server sent a bad sender")
         if row.kind == 9:
-            account = bridge.accounts.get(owner)
+            account = self.accounts.get(owner)
             if account is not None:
-                await bridge.puppets.learn_nick(account.qq, sender)
+                await self.puppets.learn_nick(account.qq, sender)
             stranger = account is not None and sender not in account.friends
             # The portal's room as stored, read without a write in the common case (a
             # burst spends its time in the store's one writer otherwise); room_for when
@@ -249,22 +262,22 @@ class Inbound:
             if portal is not None and portal.room_id and (stranger or not portal.stranger):
                 room_id = portal.room_id
             else:
-                room_id = await bridge.portals.room_for(owner, sender, stranger=stranger)
-            puppet = await bridge.puppets.ensure(sender)
+                room_id = await self.portals.room_for(owner, sender, stranger=stranger)
+            puppet = await self.puppets.ensure(sender)
             # Plain text, never HTML; and it mentions no one, so `@room` from QQ pings nobody.
             content = {"msgtype": "m.text", "body": row.content, "m.mentions": {}}
-            return await bridge.matrix.send(room_id, content, txn_id=txn_for("in", row.inbound_id), user_id=puppet)
+            return await self.matrix.send(room_id, content, txn_id=txn_for("in", row.inbound_id), user_id=puppet)
         if row.kind == 99 and row.content in ("10", "20", "30"):
-            await bridge.puppets.set_presence(sender, model.Status(int(row.content)))
+            await self.puppets.set_presence(sender, model.Status(int(row.content)))
             return None
         if row.kind == 2:
-            account = bridge.accounts.get(owner)
+            account = self.accounts.get(owner)
             if account is not None:
-                await bridge.puppets.learn_nick(account.qq, sender)
-            return await bridge.friend_requests.prompt(owner, sender, row.content, cause=row.inbound_id)
-        label = await bridge.puppets.label(sender)
+                await self.puppets.learn_nick(account.qq, sender)
+            return await self.friend_requests.prompt(owner, sender, row.content, cause=row.inbound_id)
+        label = await self.puppets.label(sender)
         if row.kind == 3:
-            account = bridge.accounts.get(owner)
+            account = self.accounts.get(owner)
             if account is not None:
                 account.friends.add(sender)
                 await self._befriended(account, sender)
@@ -273,14 +286,14 @@ class Inbound:
             text = f"{label} rejected your friend request" + (f": {quoted(row.content)}" if row.content else ".")
         else:
             text = f"QQ sent something this bridge does not understand (MT={row.kind} from {label}: {quoted(row.content)})."
-        return await bridge.notice_user(owner, text, txn_id=txn_for("in", row.inbound_id))
+        return await self.notifier.notice_user(owner, text, txn_id=txn_for("in", row.inbound_id))
 
-    async def _befriended(self, account: Any, uin: int) -> None:
+    async def _befriended(self, account: QQAccount, uin: int) -> None:
         """A contact accepted the user's request: their presence now, not at the next
         status change or sync. A failure that may pass keeps the row pending (it is
         tried again with it); any other is logged: the notice matters more."""
         try:
-            await self.bridge.puppets.befriended(account.qq, uin)
+            await self.puppets.befriended(account.qq, uin)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -292,7 +305,7 @@ class Inbound:
 Lane = tuple[str, int]  # ("contact" or "status", the contact's UIN)
 
 
-def lane_of(row: Any) -> Lane:
+def lane_of(row: InboundMessage) -> Lane:
     """The rows that must go one after another: a contact's status changes, and
     everything else the contact sent (messages in their portal, a friend request and
     its answer in the control room)."""
@@ -314,7 +327,7 @@ class _Run:
 
     def __init__(self, inbound: Inbound, owner: str) -> None:
         self.inbound, self.owner = inbound, owner
-        self.lanes: dict[Lane, collections.deque[Any]] = {}
+        self.lanes: dict[Lane, collections.deque[InboundMessage]] = {}
         self.workers: set[asyncio.Task[None]] = set()
         self.in_hand: set[int] = set()
         self.reading = False  # a read of the pending rows is under way
@@ -380,7 +393,7 @@ class _Run:
             queue.append(row)
         return more
 
-    async def _lane(self, lane: Lane, queue: collections.deque[Any]) -> None:
+    async def _lane(self, lane: Lane, queue: collections.deque[InboundMessage]) -> None:
         inbound = self.inbound
         status = lane[0] == "status"
         mine, everyone = (self.statuses, inbound.all_statuses) if status else (self.sends, inbound.all_sends)

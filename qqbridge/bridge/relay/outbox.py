@@ -22,18 +22,19 @@ import asyncio
 import collections
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from qqbridge.bridge.qq_sessions.accounts import Backoff, QQAccount
 from qqbridge.bridge.notices import notice_content, txn_for
+from qqbridge.bridge.ports import Matrix
+from qqbridge.bridge.qq_sessions.accounts import Backoff, QQAccount
 from qqbridge.bridge.qq_sessions.outages import QQServer, clock_time, outage_reason
 from qqbridge.matrix.api import MatrixError
+from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, split_message
-
-if TYPE_CHECKING:
-    from qqbridge.bridge.core import Bridge
+from qqbridge.store import Store
+from qqbridge.store.rows import OutgoingMessage
 
 log = structlog.get_logger(__name__)
 
@@ -57,12 +58,14 @@ def _server_of(account: Any) -> QQServer:
 
 
 class Outbox:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self.store = bridge.store
+    """`store`: the outbox's rows; `matrix`: its notices and read receipts; `time_scale`:
+    the protocol's seconds (qq.time_scale)."""
+
+    def __init__(self, store: Store, matrix: Matrix, metrics: Metrics, *, time_scale: float = 1.0) -> None:
+        self.store, self.matrix, self.metrics = store, matrix, metrics
         self._wakers: dict[str, asyncio.Event] = {}
         self._enqueued: dict[str, asyncio.Event] = {}  # for the waiting-notice watchers
-        self._scale = bridge.config.qq.time_scale
+        self._scale = time_scale
         self._receipts: set[asyncio.Task[None]] = set()
 
     async def enqueue(self, owner: str, room_id: str, event_id: str, target: int, text: str) -> None:
@@ -108,7 +111,7 @@ class Outbox:
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def _send(self, account: QQAccount, row: Any, trouble: _Trouble) -> bool:
+    async def _send(self, account: QQAccount, row: OutgoingMessage, trouble: _Trouble) -> bool:
         """One piece. True when it is done with (sent or failed for good)."""
         server = _server_of(account)
         mark, began = server.recoveries, time.time()
@@ -117,7 +120,7 @@ class Outbox:
         except errors.RateLimited:
             log.warning("QQ said too fast (RES=3): its penalty window delays this user's messages",
                         uin=account.uin, outbox_id=row.outbox_id)  # fmt: skip
-            self.bridge.metrics.failures.labels("qq_rate_limited").inc()
+            self.metrics.failures.labels("qq_rate_limited").inc()
             await self.store.note_outgoing_attempt(row.outbox_id, "QQ: too fast (RES=3)")
             return False  # the refusal arrived after its window: go again
         except errors.NotLoggedIn:
@@ -191,7 +194,7 @@ class Outbox:
                 log.warning("could not tell about waiting messages", uin=account.uin, exc_info=True)
                 await asyncio.sleep(limit)
 
-    async def _say_waiting(self, account: QQAccount, row: Any, more: int) -> None:
+    async def _say_waiting(self, account: QQAccount, row: OutgoingMessage, more: int) -> None:
         since = getattr(account, "unreachable_since", None)
         if since is not None:
             why = f"QQ is out of reach since {clock_time(since)}"
@@ -203,23 +206,23 @@ class Outbox:
         text = (f"⏳ Waiting for QQ… this message{after} is not sent yet: {why}. It is kept and will be sent, in "
                 "order, as soon as QQ takes it; I mark it read then.")  # fmt: skip
         try:
-            await self.bridge.matrix.send(row.room_id, notice_content(text, reply_to=row.event_id),
+            await self.matrix.send(row.room_id, notice_content(text, reply_to=row.event_id),
                                           txn_id=txn_for("waiting", row.event_id))  # fmt: skip
         except MatrixError as exc:
             log.info("could not say a message waits for QQ", event_id=row.event_id, error=str(exc))
 
-    async def _failed(self, row: Any, why: str) -> None:
+    async def _failed(self, row: OutgoingMessage, why: str) -> None:
         log.info("message refused by QQ", outbox_id=row.outbox_id, why=why)
-        self.bridge.metrics.failures.labels("qq_refused").inc()
+        self.metrics.failures.labels("qq_refused").inc()
         await self.store.mark_outgoing_failed(row.outbox_id, why)
         content = notice_content(f"⚠ Not delivered: {why}", reply_to=row.event_id)
-        await self.bridge.matrix.send(row.room_id, content, txn_id=txn_for("refused", row.outbox_id))
+        await self.matrix.send(row.room_id, content, txn_id=txn_for("refused", row.outbox_id))
 
-    async def _mark_read_when_complete(self, row: Any) -> None:
+    async def _mark_read_when_complete(self, row: OutgoingMessage) -> None:
         pieces = await self.store.get_outgoing_by_event(row.event_id)
         if all(piece.state == "sent" for piece in pieces):
-            self.bridge.metrics.messages.labels("matrix_to_qq").inc()
-            self.bridge.metrics.latency.labels("matrix_to_qq").observe(time.time() - row.created_at / 1000)
+            self.metrics.messages.labels("matrix_to_qq").inc()
+            self.metrics.latency.labels("matrix_to_qq").observe(time.time() - row.created_at / 1000)
             # The receipt is for the user's eyes: the next piece need not wait for it.
             task = asyncio.create_task(self._mark_read(row.room_id, row.event_id))
             self._receipts.add(task)
@@ -227,6 +230,6 @@ class Outbox:
 
     async def _mark_read(self, room_id: str, event_id: str) -> None:
         try:
-            await self.bridge.matrix.mark_read(room_id, event_id)
+            await self.matrix.mark_read(room_id, event_id)
         except MatrixError as exc:
             log.info("could not mark a message read", event_id=event_id, error=str(exc))

@@ -41,7 +41,7 @@ from qqbridge.matrix.homeserver_health import HomeserverHealth
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
 from qqbridge.store import Store
-from qqbridge.store.rows import InboxEvent, Portal
+from qqbridge.store.rows import InboxEvent, LoginState, Portal
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +105,7 @@ class Bridge:
         users = await self.store.list_users()  # both read before any poller runs: 1,000 of
         waiting = await self.store.owners_with_pending_inbound()  # them slow every read down
         for user in users:
-            if user.login_state == "logged_in" and user.qq_uin and user.password_md5:
+            if user.login_state == LoginState.LOGGED_IN and user.qq_uin and user.password_md5:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
         for mxid in waiting:
             self.inbound.wake(mxid)  # QQ messages stored before a restart: shown now, QQ up or not
@@ -166,7 +166,7 @@ class Bridge:
         registered here: anyone can make the homeserver ask (by inviting a made-up puppet
         ID), and a puppet is registered only when the bridge uses it (`ensure_registered`)."""
         uin = self.config.puppet_uin(mxid)
-        return mxid == self.config.bot_mxid or (uin is not None and 10000 <= uin <= 4294967295)
+        return mxid == self.config.bot_mxid or (uin is not None and model.legal_uin(uin))
 
     # ---- the inbox ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from qqbridge.bridge.contacts.presence import PresenceKeeper, friend_of_a_running_account
+from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.config import Config
 from qqbridge.qq import model
@@ -142,7 +143,7 @@ async def test_the_loop_runs_on_its_own() -> None:
 def test_watched_means_a_friend_of_an_account_that_still_runs() -> None:
     class Account:
         def __init__(self, state: str, friends: set[int]) -> None:
-            self.state = type("S", (), {"value": state})()
+            self.state = AccountState(state)
             self.friends = friends
 
     class Accounts:

@@ -30,9 +30,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
+
+from qqbridge.bridge.qq_sessions.accounts import AccountState
+
+if TYPE_CHECKING:
+    from qqbridge.bridge.qq_sessions.registry import Accounts
 
 log = structlog.get_logger(__name__)
 
@@ -163,10 +168,10 @@ class PresenceKeeper:
                 task.cancel()
 
 
-def friend_of_a_running_account(accounts: Any, uin: int) -> bool:
+def friend_of_a_running_account(accounts: Accounts, uin: int) -> bool:
     """Whether some account the bridge runs (and has not given up on) lists `uin` as a
     friend: then QQ tells the bridge its status changes, and its presence is known."""
     return any(
-        uin in account.friends and account.state.value not in ("stopped", "bad_password")
+        uin in account.friends and account.state not in (AccountState.STOPPED, AccountState.BAD_PASSWORD)
         for account in accounts.running.values()
     )

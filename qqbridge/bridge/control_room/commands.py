@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from qqbridge.bridge.notices import BULLET
+from qqbridge.qq import model
 
 
 class CommandError(Exception):
@@ -30,9 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def qq_number(text: str) -> int:  # its arguments are named `QQ number` (metavar) in help and errors
-    """A legal QQ number (docs/protocol.md §3): 10000 to 4294967295."""
-    if not text.isdigit() or not 10000 <= int(text) <= 4294967295:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a QQ number (10000 to 4294967295)")
+    """A legal QQ number (docs/protocol.md §3, `model.legal_uin`)."""
+    if not text.isdigit() or not model.legal_uin(int(text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a QQ number ({model.MIN_UIN} to {model.MAX_UIN})")
     return int(text)
 
 

@@ -290,7 +290,7 @@ class ControlRoom:
         account = self.bridge.accounts.get(user.mxid)
         if account is None:
             stopped = f"stopped: bad password; type `login {user.qq_uin or '<QQ number>'}` again"
-            await reply(f"QQ: {stopped if user.login_state == 'bad_password' else 'not logged in'}.")
+            await reply(f"QQ: {stopped if user.login_state == LoginState.BAD_PASSWORD else 'not logged in'}.")
             return
         waiting_in = await self.store.count_pending_inbound(user.mxid)
         waiting_out = await self.store.count_pending_outgoing(user.mxid)
@@ -325,7 +325,7 @@ class ControlRoom:
             if account is not None:
                 state = f"{account_state(account)}; {last_good_poll(account)}"
             else:
-                state = "stopped: bad password" if bridged.login_state == "bad_password" else bridged.login_state
+                state = "stopped: bad password" if bridged.login_state == LoginState.BAD_PASSWORD else bridged.login_state
             lines.append(f"{bridged.mxid}: QQ {bridged.qq_uin or '-'}, {state}")
         await reply("\n".join(lines) or "Nobody uses the bridge yet.")
 

@@ -51,6 +51,7 @@ from qqbridge.bridge.qq_sessions.pacing import Pace
 from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
+from qqbridge.store.rows import LoginState
 
 log = structlog.get_logger(__name__)
 
@@ -383,7 +384,7 @@ class QQAccount:
         self.logged_in, self.state = False, AccountState.BAD_PASSWORD
         self._poll_error = str(exc)
         await self.outage.close()  # the notice below says what there is to say
-        await self._store.set_login_state(self.mxid, "bad_password")
+        await self._store.set_login_state(self.mxid, LoginState.BAD_PASSWORD)
         await self._alert(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
                            f"polling stopped. Type `login {self.uin}` to log in again.")
 

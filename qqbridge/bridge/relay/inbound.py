@@ -249,7 +249,7 @@ class Inbound:
     async def _relay(self, owner: str, row: InboundMessage) -> str | None:
         sender = row.sender_uin
         if not model.legal_uin(sender):
-            raise Unrelayable(f"{sender} is not a QQ number (10000 to 4294967295); the QQ server sent a bad sender")
+            raise Unrelayable(f"{sender} is not a QQ number ({model.MIN_UIN} to {model.MAX_UIN}); the QQ server sent a bad sender")
         if row.kind == 9:
             account = self.accounts.get(owner)
             if account is not None:

@@ -34,6 +34,7 @@ from nio import Api
 
 from qqbridge import health
 from qqbridge import log as logsetup
+from qqbridge.bridge.contacts.avatars import HomeserverMedia
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import HomeserverAPI, MatrixError
@@ -73,7 +74,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         qq_for = qq_factory(config, connections)
 
         metrics = Metrics()
-        bridge = Bridge(config, store, matrix, qq_for, metrics, homeserver=matrix.health)
+        media = HomeserverMedia(matrix, config.homeserver.url, config.appservice.as_token)
+        bridge = Bridge(config, store, matrix, qq_for, metrics, homeserver=matrix.health, media=media)
         endpoint = AppserviceEndpoint(
             config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists,
             on_rejected=metrics.failures.labels("matrix_bad_event").inc,

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from qqbridge.bridge.contacts.avatars import Media
 from qqbridge.bridge.contacts.portals import Portals
 from qqbridge.bridge.contacts.presence import friend_of_a_running_account
 from qqbridge.bridge.contacts.puppets import Puppets
@@ -62,10 +63,11 @@ class _RoomQueue:
 class Bridge:
     def __init__(
         self, config: Config, store: Store, matrix: Matrix, qq_factory: QQFactory, metrics: Metrics | None = None,
-        *, homeserver: HomeserverHealth | None = None,
+        *, homeserver: HomeserverHealth | None = None, media: Media | None = None,
     ) -> None:  # fmt: skip
         """`homeserver`: the watcher of the homeserver's health (HomeserverAPI.health),
-        which the relay waits on while it is down."""
+        which the relay waits on while it is down; `media`: where the puppets' and the
+        bot's pictures go (avatars.HomeserverMedia; None: no pictures)."""
         self.config = config
         self.metrics = metrics or Metrics()
         self.metrics.refresh_with(self._refresh_metrics)
@@ -74,7 +76,7 @@ class Bridge:
         self.matrix = matrix
         self.permissions = Permissions(config.permissions)
         self.notifier = notifier = Notifier(store, matrix)
-        self.puppets = Puppets(config, store, matrix, watched=self._watched)
+        self.puppets = Puppets(config, store, matrix, watched=self._watched, media=media)
         self.portals = Portals(store, matrix, self.puppets)
         self.outbox = Outbox(store, matrix, self.metrics, time_scale=config.qq.time_scale)
         scale = config.qq.time_scale

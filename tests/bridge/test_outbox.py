@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from qqbridge.bridge.qq_sessions.outages import QQServer
 from qqbridge.bridge.relay.outbox import Outbox
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors
@@ -42,6 +43,12 @@ class RecordingMatrix:
         self.read.append(event_id)
 
 
+
+def stand_in(qq: Any) -> Any:
+    """The parts of a QQAccount the sender uses: its QQ connection and its server's health."""
+    return SimpleNamespace(mxid=OWNER, uin=10001, qq=qq, session_lost=None, server=QQServer("unprobed", None),
+                           unreachable_since=None)  # fmt: skip
+
 async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
     store = await Store.open(str(tmp_path / "bridge.db"))
     await store.upsert_user(OWNER)
@@ -51,7 +58,7 @@ async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
         "two": [errors.RateLimited("CLTMSG"), errors.OutcomeUnknown("CLTMSG", 0, "timeout")],
         "three": [errors.NullReply("CLTMSG")],
     })  # fmt: skip
-    account = SimpleNamespace(mxid=OWNER, uin=10001, qq=qq, session_lost=None)
+    account = stand_in(qq)
     for n, text in enumerate(["one", "two", "three", "four"]):
         await outbox.enqueue(OWNER, "!portal:x", f"$e{n}", 10002, text)
     sender = asyncio.create_task(outbox.run(account))
@@ -93,7 +100,7 @@ async def test_pacing_survives_a_restart(tmp_path) -> None:
     qq.send_message = timed  # type: ignore[method-assign]
     outbox = Outbox(store, RecordingMatrix(), Metrics(), time_scale=0.2)  # a new process: nothing in memory
     await outbox.enqueue(OWNER, "!portal:x", "$after", 10002, "after the restart")
-    sender = asyncio.create_task(outbox.run(SimpleNamespace(mxid=OWNER, uin=10001, qq=qq, session_lost=None)))
+    sender = asyncio.create_task(outbox.run(stand_in(qq)))
     try:
         for _ in range(300):
             if qq.delivered:

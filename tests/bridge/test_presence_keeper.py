@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from qqbridge.bridge.contacts.presence import PresenceKeeper, friend_of_a_running_account
-from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.bridge.contacts.puppets import Puppets
+from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.config import Config
 from qqbridge.qq import model
 from qqbridge.store import Store

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from qqbridge.bridge.contacts.avatars import HomeserverMedia
 from qqbridge.bridge.contacts.portals import PUPPET_POWER
 from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
@@ -105,7 +106,9 @@ async def hostile(stack, user, tmp_path) -> AsyncIterator[Any]:
         )
         store = await Store.open(str(tmp_path / f"{name}.db"))
         matrix = HomeserverAPI(stack.synapse.base_url, stack.as_token, stack.bot)
-        bridge = Bridge(config, store, matrix, lambda uin: QQClient(server.url, uin, timeout=2))
+        media = HomeserverMedia(matrix, stack.synapse.base_url, stack.as_token)
+        bridge = Bridge(config, store, matrix, lambda uin: QQClient(server.url, uin, timeout=2),
+                        homeserver=matrix.health, media=media)  # fmt: skip
         made.append((bridge, store, matrix, server))
         person = await user(name)
         control = await matrix.create_room(invite=[person.mxid], is_direct=True, name="hostile control")

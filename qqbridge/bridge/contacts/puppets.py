@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from qqbridge.bridge.contacts.avatars import Avatars, HomeserverMedia, Media
+from qqbridge.bridge.contacts.avatars import Avatars, Media
 from qqbridge.bridge.contacts.presence import PresenceKeeper
 from qqbridge.bridge.notices import clip, one_line, shown_name
 from qqbridge.bridge.ports import Matrix
@@ -47,12 +47,10 @@ class Puppets:
         media: Media | None = None,
     ) -> None:
         """`watched(uin)`: whether a running account still learns that puppet's QQ status
-        (presence.friend_of_a_running_account); `media`: where pictures go (by default
-        the homeserver's media repository, when `matrix` is a real HomeserverAPI)."""
+        (presence.friend_of_a_running_account); `media`: where pictures go (the
+        homeserver's media repository, `avatars.HomeserverMedia`; None: no pictures)."""
         self.config, self.store, self.matrix = config, store, matrix
         self.presence = PresenceKeeper(self._put_presence, watched=watched)
-        if media is None and hasattr(matrix, "request"):
-            media = HomeserverMedia(matrix, config.homeserver.url, config.appservice.as_token)
         self.avatars = Avatars(store, media)
 
     def mxid(self, uin: int) -> str:

@@ -22,7 +22,6 @@ import asyncio
 import collections
 import dataclasses
 import time
-from typing import Any
 
 import structlog
 
@@ -49,12 +48,6 @@ class _Trouble:
 
     backoff: Backoff
     losses: int = 0
-
-
-def _server_of(account: Any) -> QQServer:
-    """The account's QQ server health; a stand-in account (tests) has none."""
-    server = getattr(account, "server", None)
-    return server if isinstance(server, QQServer) else QQServer("unprobed", None)
 
 
 class Outbox:
@@ -85,7 +78,7 @@ class Outbox:
         for when_ms in await self.store.recent_send_times(account.mxid, RATE_COUNT):
             sent_at.append(time.monotonic() - max(0.0, time.time() - when_ms / 1000))
         trouble = _Trouble(Backoff(0.5 * self._scale, 60.0 * self._scale))
-        server = _server_of(account)
+        server = account.server
         watcher = asyncio.create_task(self._tell_waiting(account), name=f"waiting notices {account.uin}")
         try:
             while True:
@@ -113,7 +106,7 @@ class Outbox:
 
     async def _send(self, account: QQAccount, row: OutgoingMessage, trouble: _Trouble) -> bool:
         """One piece. True when it is done with (sent or failed for good)."""
-        server = _server_of(account)
+        server = account.server
         mark, began = server.recoveries, time.time()
         try:
             await account.qq.send_message(row.target_uin, row.text, seq=row.seq)
@@ -195,10 +188,10 @@ class Outbox:
                 await asyncio.sleep(limit)
 
     async def _say_waiting(self, account: QQAccount, row: OutgoingMessage, more: int) -> None:
-        since = getattr(account, "unreachable_since", None)
+        since = account.unreachable_since
         if since is not None:
             why = f"QQ is out of reach since {clock_time(since)}"
-        elif _server_of(account).down:
+        elif account.server.down:
             why = "QQ does not answer"
         else:
             why = f"QQ has not taken it yet (it takes {RATE_COUNT} messages in {RATE_WINDOW:g} s at most; a burst waits its turn)"

@@ -7,11 +7,11 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from qqbridge.bridge.control_room.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
+from qqbridge.bridge.control_room.reply import Reply
 from qqbridge.bridge.notices import BULLET, one_line, quoted
 from qqbridge.qq import errors, model
 
 if TYPE_CHECKING:
-    from qqbridge.bridge.control_room.room import Reply
     from qqbridge.bridge.core import Bridge
 
 DEFAULT_REASON = "Hello! I'd like to add you as a friend."

@@ -12,6 +12,7 @@ import structlog
 
 from qqbridge.bridge.control_room.commands import CommandError, CommandTable, qq_number
 from qqbridge.bridge.control_room.contact_commands import ContactCommands
+from qqbridge.bridge.control_room.reply import Reply
 from qqbridge.bridge.notices import txn_for
 from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.bridge.qq_sessions.outages import clock_time, duration
@@ -30,20 +31,6 @@ ENCRYPTED = ("I cannot read encrypted messages, and this room is encrypted. Star
              "with encryption turned off (in Element: Start chat → show advanced → disable end-to-end encryption).")  # fmt: skip
 STATUSES = {"online": model.Status.ONLINE, "busy": model.Status.BUSY,
             "invisible": model.Status.INVISIBLE, "offline": model.Status.OFFLINE}  # fmt: skip
-
-
-class Reply:
-    """Answers to one command, each with a transaction id derived from the command's
-    event, so handling the same event again after a crash sends nothing new.
-    `inbox_id`: the command's place in the inbox, for a `login` to wait on what follows."""
-
-    def __init__(self, bridge: Bridge, room_id: str, cause: str, inbox_id: int = 0) -> None:
-        self._bridge, self.room_id, self._cause, self._count = bridge, room_id, cause, 0
-        self.inbox_id = inbox_id
-
-    async def __call__(self, text: str) -> None:
-        self._count += 1
-        await self._bridge.notifier.notice(self.room_id, text, txn_id=txn_for("reply", self._cause, self._count))
 
 
 class ControlRoom:
@@ -70,7 +57,7 @@ class ControlRoom:
 
     async def invited(self, room_id: str, inviter: str, event_id: str) -> None:
         matrix = self.bridge.matrix
-        reply = Reply(self.bridge, room_id, event_id)
+        reply = Reply(self.bridge.notifier, room_id, event_id)
         await matrix.join(room_id)
         if not self.bridge.permissions.may_use(inviter):
             log.info("refused a user without permission", mxid=inviter)
@@ -104,7 +91,7 @@ class ControlRoom:
     async def message(self, event: InboxEvent, content: dict[str, Any]) -> None:
         room_id, sender, event_id = event.room_id, event.sender, event.event_id
         user = await self.store.get_user_by_control_room(room_id)
-        reply = Reply(self.bridge, room_id, event_id)
+        reply = Reply(self.bridge.notifier, room_id, event_id)
         if user is None:
             await self._not_a_control_room(room_id, sender, reply)
             return
@@ -148,7 +135,7 @@ class ControlRoom:
         """An encrypted message in a room the bot cannot read: say so, and how to fix it."""
         if not self.bridge.permissions.may_use(sender):
             return
-        await Reply(self.bridge, room_id, event_id)(ENCRYPTED)
+        await Reply(self.bridge.notifier, room_id, event_id)(ENCRYPTED)
 
     async def run_command(
         self, user: BridgeUser, room_id: str, event_id: str, body: str, *, inbox_id: int, in_portal: bool = False
@@ -156,7 +143,7 @@ class ControlRoom:
         """A command typed in the control room, or after `!qq` in a portal; `inbox_id`
         is its event's place in the inbox (a `login` takes only a later message for
         the password)."""
-        reply = Reply(self.bridge, room_id, event_id, inbox_id)
+        reply = Reply(self.bridge.notifier, room_id, event_id, inbox_id)
         text = body.strip().removeprefix("!qq").strip()
         try:
             command, args = self.table.parse(text)

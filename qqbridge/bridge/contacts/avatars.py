@@ -33,6 +33,8 @@ import httpx
 import structlog
 from PIL import Image, ImageDraw, ImageFont
 
+from qqbridge.store import Store
+
 log = structlog.get_logger(__name__)
 
 SIZE = 256  # pixels: crisp in a client's profile view, a few KiB as PNG
@@ -136,7 +138,7 @@ class UploadError(Exception):
 
 
 class Avatars:
-    def __init__(self, store: Any, media: Media | None) -> None:
+    def __init__(self, store: Store, media: Media | None) -> None:
         """`media` None: no avatars (a homeserver stand-in without a media repository)."""
         self.store, self.media = store, media
         self._drawing: dict[str, asyncio.Lock] = {}

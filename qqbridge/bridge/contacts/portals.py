@@ -18,7 +18,6 @@ creator has unlimited power, and a puppet says whatever QQ tells it to.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -27,6 +26,7 @@ from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.ports import Matrix
 from qqbridge.matrix.api import MatrixError
+from qqbridge.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,7 @@ PUPPET_POWER = 50  # state_default, invite and m.room.name/avatar are 50; notifi
 
 
 class Portals:
-    def __init__(self, store: Any, matrix: Matrix, puppets: Puppets) -> None:
+    def __init__(self, store: Store, matrix: Matrix, puppets: Puppets) -> None:
         self.store, self.matrix, self.puppets = store, matrix, puppets
         self._creating: dict[tuple[str, int], asyncio.Lock] = {}
 

@@ -27,6 +27,7 @@ from qqbridge.bridge.ports import Matrix
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
+from qqbridge.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +41,7 @@ class Puppets:
     def __init__(
         self,
         config: Config,
-        store: Any,
+        store: Store,
         matrix: Matrix,
         *,
         watched: Callable[[int], bool] = lambda uin: True,

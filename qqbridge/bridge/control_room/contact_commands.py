@@ -4,15 +4,17 @@ requests, accept, reject, open, sync. Each needs a logged-in QQ account."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qqbridge.bridge.control_room.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
 from qqbridge.bridge.control_room.reply import Reply
 from qqbridge.bridge.notices import BULLET, one_line, quoted
 from qqbridge.qq import errors, model
+from qqbridge.store.rows import BridgeUser
 
 if TYPE_CHECKING:
     from qqbridge.bridge.core import Bridge
+    from qqbridge.bridge.qq_sessions.accounts import QQAccount
 
 DEFAULT_REASON = "Hello! I'd like to add you as a friend."
 _PROFILE_LINES = [
@@ -53,13 +55,13 @@ class ContactCommands:
         table.add("open", "open (or create) the portal to a QQ account", self.open, needs_login=True, arguments=uin)
         table.add("sync", "refresh friends, nicknames and presence now", self.sync, needs_login=True)  # fmt: skip
 
-    def _account(self, user: Any) -> Any:
+    def _account(self, user: BridgeUser) -> QQAccount:
         account = self.bridge.accounts.get(user.mxid)
         if account is None:
             raise CommandError("That needs a QQ login; type `login <QQ number>` first.")
         return account
 
-    async def friends(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def friends(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         try:
             uins = await account.qq.friends()
@@ -81,11 +83,11 @@ class ContactCommands:
         empty = "None of your QQ friends is online." if args.online else "Your QQ friend list is empty."
         await reply("\n".join(lines) or empty)
 
-    async def whois(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def whois(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         profile = await self._profile(self._account(user), args.uin, level=3)
         await reply(describe_profile(profile))
 
-    async def _profile(self, account: Any, uin: int, level: int) -> model.Profile:
+    async def _profile(self, account: QQAccount, uin: int, level: int) -> model.Profile:
         """GetInfo, refreshing the puppet's nickname on the way."""
         try:
             profile = await account.qq.profile(uin, level=level)
@@ -96,7 +98,7 @@ class ContactCommands:
         await self.bridge.puppets.ensure(uin, profile.nick, face=profile.face)
         return profile
 
-    async def add(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def add(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         await self.bridge.puppets.learn_nick(account.qq, args.uin)
         label = await self.bridge.puppets.label(args.uin)
@@ -116,7 +118,7 @@ class ContactCommands:
         except errors.QQError as exc:
             raise CommandError(f"QQ did not take the request: {exc}") from None
 
-    async def _request(self, account: Any, uin: int, reason: str) -> None:
+    async def _request(self, account: QQAccount, uin: int, reason: str) -> None:
         """Ack_AddToList CD=2; the seed saw it refused (RES=3) once before it went through."""
         for attempt in range(3):
             try:
@@ -126,7 +128,7 @@ class ContactCommands:
                 if attempt == 2:
                     raise
 
-    async def remove(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def remove(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         try:
             await account.qq.remove_friend(args.uin)
@@ -139,27 +141,27 @@ class ContactCommands:
         account.friends.discard(args.uin)
         await reply(f"{await self.bridge.puppets.label(args.uin)} is no longer in your QQ friend list.")
 
-    async def requests(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def requests(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         pending = await self.bridge.store.pending_friend_requests(user.mxid)
         lines = [f"{BULLET}{await self.bridge.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
         await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
 
-    async def accept(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def accept(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         outcome = await self.bridge.friend_requests.answer(user.mxid, args.uin, True)
         await self.bridge.puppets.befriended(self._account(user).qq, args.uin)  # their presence, at once
         await reply(outcome)
 
-    async def reject(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def reject(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         await reply(await self.bridge.friend_requests.answer(user.mxid, args.uin, False, joined(args.reason)))
 
-    async def open(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def open(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         await self._profile(account, args.uin, level=2)  # a number QQ does not know gets no portal
         room_id = await self.bridge.portals.open(user.mxid, args.uin, stranger=args.uin not in account.friends)
         await reply(f"Your portal with {await self.bridge.puppets.label(args.uin)}: "
                     f"https://matrix.to/#/{room_id}")  # fmt: skip
 
-    async def sync(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def sync(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         try:
             online = await self.bridge.sync_account(account)

@@ -14,7 +14,7 @@ from qqbridge.bridge.control_room.commands import CommandError, CommandTable, qq
 from qqbridge.bridge.control_room.contact_commands import ContactCommands
 from qqbridge.bridge.control_room.reply import Reply
 from qqbridge.bridge.notices import txn_for
-from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
 from qqbridge.bridge.qq_sessions.outages import clock_time, duration
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model, password_md5
@@ -198,7 +198,7 @@ class ControlRoom:
             return LoginState.LOGGED_OUT
         return LoginState.BAD_PASSWORD if account.state is AccountState.BAD_PASSWORD else LoginState.LOGGED_IN
 
-    async def _password(self, user: Any, room_id: str, event_id: str, body: str, reply: Reply) -> None:
+    async def _password(self, user: BridgeUser, room_id: str, event_id: str, body: str, reply: Reply) -> None:
         """The message after `login <uin>`: redact it and forget it first, and leave the
         'awaiting password' state in the same breath (so a restart in the middle never
         takes the *next* message for a password); keep only its MD5, try it."""
@@ -246,10 +246,10 @@ class ControlRoom:
 
     # ---- commands ----------------------------------------------------------------------
 
-    async def cmd_help(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_help(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         await reply(self.table.help_text(admin=self.bridge.permissions.is_admin(user.mxid)))
 
-    async def cmd_login(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_login(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         try:
             await self.store.begin_login(user.mxid, args.uin, password_after=reply.inbox_id)
         except ConflictError:
@@ -264,16 +264,16 @@ class ControlRoom:
                     "here. Give me moderator rights in the room's settings first, or type `cancel` and start a "
                     f"new direct chat with me. {ask} I keep only its MD5, which is what QQ needs.")  # fmt: skip
 
-    async def cmd_cancel(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_cancel(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         await reply("Nothing to cancel: no login is waiting for a password.")
 
-    async def cmd_logout(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_logout(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = await self.bridge.accounts.end(user.mxid, logout=True)
         await self.store.logout(user.mxid)
         await reply(f"Logged out of QQ {account.uin if account else ''}. Your portals stay; "
                     "type `login <QQ number>` to bridge again.")  # fmt: skip
 
-    async def cmd_ping(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_ping(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self.bridge.accounts.get(user.mxid)
         if account is None:
             stopped = f"stopped: bad password; type `login {user.qq_uin or '<QQ number>'}` again"
@@ -288,7 +288,7 @@ class ControlRoom:
             lines.append(f"last problem: {account.last_error}")
         await reply("\n".join(lines))
 
-    async def cmd_status(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_status(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self.bridge.accounts.get(user.mxid)
         assert account is not None  # needs_login
         if args.status is None:
@@ -305,7 +305,7 @@ class ControlRoom:
         account.status = account.wanted_status = STATUSES[args.status]
         await reply(f"Your QQ status is now {args.status}.")
 
-    async def cmd_accounts(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_accounts(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         lines = []
         for bridged in await self.store.list_users():
             account = self.bridge.accounts.get(bridged.mxid)
@@ -316,12 +316,12 @@ class ControlRoom:
             lines.append(f"{bridged.mxid}: QQ {bridged.qq_uin or '-'}, {state}")
         await reply("\n".join(lines) or "Nobody uses the bridge yet.")
 
-    async def cmd_doctor(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_doctor(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         from qqbridge.doctor import diagnose, report
 
         await reply(report(await diagnose(self.bridge.config, store=self.store)))
 
-    async def cmd_logout_user(self, user: Any, args: argparse.Namespace, reply: Reply) -> None:
+    async def cmd_logout_user(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         target = await self.store.get_user(args.mxid)
         if target is None:
             raise CommandError(f"{args.mxid} does not use this bridge")
@@ -341,7 +341,7 @@ def _login_failure(uin: int, exc: BaseException) -> str:
     return f"Could not log in: the QQ server did not answer properly ({exc}). Nothing was stored; try again later."
 
 
-def account_state(account: Any) -> str:
+def account_state(account: QQAccount) -> str:
     """What `ping` and `accounts` say of a running account: the truth, not the last hope."""
     if account.state is AccountState.BAD_PASSWORD:
         return f"stopped: bad password; type `login {account.uin}` again"
@@ -357,7 +357,7 @@ def account_state(account: Any) -> str:
     return account.state.value
 
 
-def last_good_poll(account: Any) -> str:
+def last_good_poll(account: QQAccount) -> str:
     if account.last_poll is None:
         return "last good poll: none yet"
     return f"last good poll: {clock_time(account.last_poll)} ({duration(time.time() - account.last_poll)} ago)"

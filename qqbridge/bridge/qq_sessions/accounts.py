@@ -34,7 +34,6 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 import structlog
 
@@ -51,6 +50,7 @@ from qqbridge.bridge.qq_sessions.pacing import Pace
 from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
 from qqbridge.metrics import Metrics
 from qqbridge.qq import errors, model
+from qqbridge.store import Store
 from qqbridge.store.rows import LoginState
 
 log = structlog.get_logger(__name__)
@@ -109,7 +109,7 @@ class QQAccount:
         password_md5: str,
         *,
         qq: QQ,
-        store: Any,
+        store: Store,
         deliver: Deliver,
         notify: Notify,
         poll_fast: float = 1.0,

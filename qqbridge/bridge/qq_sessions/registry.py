@@ -12,6 +12,7 @@ from qqbridge.bridge.qq_sessions.accounts import LOGINS_PER_SECOND, Deliver, Not
 from qqbridge.bridge.qq_sessions.outages import PROBE_INTERVAL, PROBE_UIN, QQServer
 from qqbridge.bridge.qq_sessions.pacing import Pace
 from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
+from qqbridge.store import Store
 
 
 class Accounts:
@@ -19,7 +20,7 @@ class Accounts:
     probe the accounts on it share."""
 
     def __init__(
-        self, qq_factory: QQFactory, store: Any, deliver: Deliver, notify: Notify, *,
+        self, qq_factory: QQFactory, store: Store, deliver: Deliver, notify: Notify, *,
         probe_interval: float = PROBE_INTERVAL, logins_per_second: float = LOGINS_PER_SECOND,
         max_requests_per_second: float | None = None, **options: Any,
     ) -> None:  # fmt: skip

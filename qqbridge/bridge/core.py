@@ -31,7 +31,7 @@ from qqbridge.bridge.control_room.room import ENCRYPTED, ControlRoom
 from qqbridge.bridge.notices import txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix, QQFactory
-from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
+from qqbridge.bridge.qq_sessions.accounts import AccountState, Backoff, QQAccount
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.relay.inbound import Inbound
 from qqbridge.bridge.relay.matrix_to_qq import outgoing_text
@@ -49,7 +49,7 @@ log = structlog.get_logger(__name__)
 INBOX_PAGE = 200  # events read from the store at a time
 INBOX_IN_FLIGHT = 2000  # events in hand at once, across all rooms
 HANDLING_DEADLINE = 180.0  # seconds for one event (a login waits on QQ); then it is set aside
-MARK_RETRY_CAP = 30.0  # seconds at most between tries while the store fails (claiming, marking handled)
+STORE_RETRY_CAP = 30.0  # seconds at most between tries while the store fails (claiming, marking handled)
 
 
 @dataclasses.dataclass
@@ -182,19 +182,19 @@ class Bridge:
         Exactly once by construction: an event is handled only by the task started for
         the claim that moved it from pending to handling in the store (`claim_events`),
         and no read of the inbox can return it as pending after that, whenever it ran."""
-        pause = 0.5
+        backoff = Backoff(0.5, STORE_RETRY_CAP)
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 await self._claim_all()
-                pause = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the store is failing: what is pending stays so, claimed at the next try
-                log.exception("could not take events from the inbox; trying again", pause=pause)
+                pause = backoff.next()
+                log.exception("could not take events from the inbox; trying again", pause=round(pause, 2))
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, MARK_RETRY_CAP)
                 self._wake.set()
 
     async def _claim_all(self) -> None:
@@ -244,7 +244,7 @@ class Bridge:
         handled a second time by this bridge) and the mark is tried again with pauses;
         a bridge stopped meanwhile handles it again at its next start, where the
         transaction ids of what it sent make that harmless."""
-        pause = 0.5
+        backoff = Backoff(0.5, STORE_RETRY_CAP)
         while True:
             try:
                 await self.store.mark_event_handled(event.event_id, error)
@@ -252,9 +252,10 @@ class Bridge:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("could not mark an event handled; trying again", event_id=event.event_id, pause=pause)
+                pause = backoff.next()
+                log.exception("could not mark an event handled; trying again", event_id=event.event_id,
+                              pause=round(pause, 2))  # fmt: skip
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, MARK_RETRY_CAP)
 
     async def _report_failure(self, event: InboxEvent, error: str) -> None:
         """A user's message the bridge could not act on is answered, never dropped silently."""

@@ -210,3 +210,60 @@ async def test_an_unknown_command_is_never_repeated_back(bridge: Bridge) -> None
     first, second = (content["body"] for _, content in bridge.matrix.sent)
     assert "not a command" in first and "pw-20012" not in first
     assert "did you mean `login`" in second and "lgin" not in second and "10001" not in second
+
+
+
+def start_counting(bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Start the inbox loop with a handler that counts how often each event is handled."""
+    handled: collections.Counter[str] = collections.Counter()
+
+    async def handle(event: Any) -> None:
+        handled[event.event_id] += 1
+
+    monkeypatch.setattr(bridge, "handle", handle)
+    bridge._inbox_task = asyncio.create_task(bridge._inbox_loop())
+    return handled
+
+async def test_a_store_that_fails_to_hand_out_events_is_tried_again_and_the_event_handled_once(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox loop used to die silently when reading the store raised; it pauses and
+    claims again, and the event is handled once."""
+    real_claim, failures = bridge.store.claim_events, [1]
+
+    async def claim(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            failures.pop()
+            raise OSError("the database connection was reset")
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(bridge.store, "claim_events", claim)
+    handled = start_counting(bridge, monkeypatch)
+    await bridge.store.record_transaction("t1", [message("$a", "ping")])
+    bridge.wake()
+    await settled(bridge)
+    assert not failures and handled == {"$a": 1}
+    assert not bridge._inbox_task.done()
+
+
+async def test_an_event_whose_mark_fails_stays_claimed_and_is_not_handled_again(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording the outcome fails twice: the mark is tried again while the event stays
+    claimed, and later wakes never start it a second time."""
+    real_mark, failures = bridge.store.mark_event_handled, [1, 1]
+
+    async def mark(event_id: str, error: str | None = None) -> None:
+        if failures:
+            failures.pop()
+            bridge.wake()  # a new transaction meanwhile: the inbox is read again
+            raise OSError("the database connection was reset")
+        await real_mark(event_id, error)
+
+    monkeypatch.setattr(bridge.store, "mark_event_handled", mark)
+    handled = start_counting(bridge, monkeypatch)
+    await bridge.store.record_transaction("t1", [message("$a", "ping")])
+    bridge.wake()
+    await settled(bridge)
+    assert not failures and handled == {"$a": 1}
+    assert await bridge.store.pending_events() == []

@@ -369,7 +369,7 @@ class _Run:
     async def _take(self) -> bool:
         """Read the pending rows and hand the new ones to their lanes; whether more
         may be waiting in the store."""
-        limit = len(self.in_hand) + len(self.done_during_read) + PAGE
+        limit = len(self.in_hand) + PAGE
         self.reading = True
         try:
             rows = await self.inbound.store.pending_inbound(self.owner, limit=limit)

@@ -60,7 +60,7 @@ async def main(args: argparse.Namespace) -> None:
         config = Config(homeserver={"url": "http://127.0.0.1:1", "domain": "x"}, qq={"server_url": url})
         store = await Store.open(f"sqlite:///{work / 'bridge.db'}")
         for i in range(args.accounts):
-            await store.upsert_user(f"@u{FIRST_UIN + i}:x")
+            await store.users.upsert(f"@u{FIRST_UIN + i}:x")
         if args.tracemalloc:
             tracemalloc.start(args.frames)
         base = rss_mb()

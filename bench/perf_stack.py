@@ -330,12 +330,12 @@ class Stack:
         try:
             for uin in uins:
                 mxid = idle_mxid(uin)
-                user = await store.get_user(mxid)
+                user = await store.users.get(mxid)
                 if user is not None and user.login_state == "logged_in":
                     continue
-                await store.upsert_user(mxid)
-                await store.begin_login(mxid, uin)
-                await store.complete_login(mxid, uin, password_md5(qq_password(uin)))
+                await store.users.upsert(mxid)
+                await store.users.begin_login(mxid, uin)
+                await store.users.complete_login(mxid, uin, password_md5(qq_password(uin)))
         finally:
             await store.close()
 

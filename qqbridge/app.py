@@ -77,7 +77,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         media = HomeserverMedia(matrix, config.homeserver.url, config.appservice.as_token)
         bridge = Bridge(config, store, matrix, qq_for, metrics, homeserver=matrix.health, media=media)
         endpoint = AppserviceEndpoint(
-            config.appservice.hs_token, store, on_stored=bridge.wake, user_exists=bridge.user_exists,
+            config.appservice.hs_token, store.inbox, on_stored=bridge.wake, user_exists=bridge.user_exists,
             on_rejected=metrics.failures.labels("matrix_bad_event").inc,
         )
         health.add_routes(endpoint.app, bridge, store, metrics, homeserver=matrix.health)

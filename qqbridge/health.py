@@ -31,7 +31,7 @@ def add_routes(
         if not bridge.started:
             problems.append("the bridge is still starting")
         try:
-            await store.count_pending_events()
+            await store.inbox.count_pending()
         except Exception as exc:  # whatever the database says, it is not ready
             problems.append(f"the database does not answer: {type(exc).__name__}")
         if homeserver is not None and (problem := homeserver.problem()):

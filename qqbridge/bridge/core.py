@@ -75,7 +75,7 @@ class Bridge:
         self.store = store
         self.matrix = matrix
         self.permissions = Permissions(config.permissions)
-        self.notifier = notifier = Notifier(store, matrix)
+        self.notifier = notifier = Notifier(store.users, matrix)
         self.puppets = Puppets(config, store, matrix, watched=self._watched, media=media)
         self.portals = Portals(store, matrix, self.puppets)
         self.outbox = Outbox(store, matrix, self.metrics, time_scale=config.qq.time_scale)
@@ -104,15 +104,15 @@ class Bridge:
 
     async def start(self) -> None:
         await self.matrix.ensure_registered(self.config.bot_mxid)
-        users = await self.store.list_users()  # both read before any poller runs: 1,000 of
-        waiting = await self.store.owners_with_pending_inbound()  # them slow every read down
+        users = await self.store.users.every()  # both read before any poller runs: 1,000 of
+        waiting = await self.store.inbound.owners_with_pending()  # them slow every read down
         for user in users:
             if user.login_state == LoginState.LOGGED_IN and user.qq_uin and user.password_md5:
                 await self.accounts.resume(user.mxid, user.qq_uin, user.password_md5)
         for mxid in waiting:
             self.inbound.wake(mxid)  # QQ messages stored before a restart: shown now, QQ up or not
         await self.control.interrupted_logins()
-        released = await self.store.release_claimed_events()  # claimed when the bridge stopped
+        released = await self.store.inbox.release_claimed()  # claimed when the bridge stopped
         if released:
             log.info("events being handled when the bridge stopped are handled again", count=released)
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="inbox")
@@ -159,9 +159,9 @@ class Bridge:
         for state in AccountState:
             self.metrics.accounts.labels(state.value).set(states.count(state.value))
         queues = self.metrics.queue_size
-        queues.labels("qq_to_matrix").set(await self.store.count_pending_inbound())
-        queues.labels("matrix_to_qq").set(await self.store.count_pending_outgoing())
-        queues.labels("matrix_inbox").set(await self.store.count_pending_events())
+        queues.labels("qq_to_matrix").set(await self.store.inbound.count_pending())
+        queues.labels("matrix_to_qq").set(await self.store.outbox.count_pending())
+        queues.labels("matrix_inbox").set(await self.store.inbox.count_pending())
 
     async def user_exists(self, mxid: str) -> bool:
         """The appservice user query: the bot and any well-formed puppet exist. Nothing is
@@ -180,7 +180,7 @@ class Bridge:
         for a slot), so a flood waits in the store, not in memory.
 
         Exactly once by construction: an event is handled only by the task started for
-        the claim that moved it from pending to handling in the store (`claim_events`),
+        the claim that moved it from pending to handling in the store (`store.inbox.claim`),
         and no read of the inbox can return it as pending after that, whenever it ran."""
         backoff = Backoff(0.5, STORE_RETRY_CAP)
         while True:
@@ -201,7 +201,7 @@ class Bridge:
         while True:
             await self._slots.acquire()  # never claim what cannot start soon
             try:
-                batch = await self.store.claim_events(INBOX_PAGE)
+                batch = await self.store.inbox.claim(INBOX_PAGE)
             except BaseException:
                 self._slots.release()
                 raise
@@ -247,7 +247,7 @@ class Bridge:
         backoff = Backoff(0.5, STORE_RETRY_CAP)
         while True:
             try:
-                await self.store.mark_event_handled(event.event_id, error)
+                await self.store.inbox.mark_handled(event.event_id, error)
                 return
             except asyncio.CancelledError:
                 raise
@@ -283,7 +283,7 @@ class Bridge:
                 await self.control.member_left(event.room_id, event.sender)
                 await self._owner_left_portal(event.room_id, event.sender)
             return
-        portal = await self.store.get_portal_by_room(event.room_id)
+        portal = await self.store.portals.by_room(event.room_id)
         if portal is not None:
             await self.portal_event(portal, event, content)
         elif event.type == "m.room.message":
@@ -305,7 +305,7 @@ class Bridge:
 
     async def _answered_by_reaction(self, owner: str, prompt_event_id: str) -> None:
         """A friend request accepted with ✅: the new friend's presence, at once."""
-        request = await self.store.get_friend_request_by_prompt(prompt_event_id)
+        request = await self.store.friend_requests.by_prompt(prompt_event_id)
         account = self.accounts.get(owner)
         if request is not None and request.state == "accepted" and account is not None:
             await self.puppets.befriended(account.qq, request.from_uin)
@@ -331,7 +331,7 @@ class Bridge:
         body = content.get("body")
         if event.type == "m.room.message" and await self.control.awaiting_password(event.sender):
             # It may well be the password, typed in the wrong room: never relay or keep it.
-            await self.store.forget_event_content(cause)
+            await self.store.inbox.forget_content(cause)
             gone = await self.control.redact_quietly(room, cause)
             await self.notifier.notice(room, "Not sent: your login is waiting for your QQ password, which goes in your "
                               "control room only. This message was not sent to QQ and not kept"
@@ -341,7 +341,7 @@ class Bridge:
                               txn_id=txn_for("password", cause))  # fmt: skip
             return
         if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
-            user = await self.store.get_user(event.sender)
+            user = await self.store.users.get(event.sender)
             if user is not None:
                 await self.control.run_command(user, room, cause, body, inbox_id=event.inbox_id, in_portal=True)
             return
@@ -360,9 +360,9 @@ class Bridge:
 
     async def _owner_left_portal(self, room_id: str, mxid: str) -> None:
         """The owner left: the next message either way opens a fresh portal."""
-        portal = await self.store.get_portal_by_room(room_id)
+        portal = await self.store.portals.by_room(room_id)
         if portal is not None and portal.owner_mxid == mxid:
-            await self.store.forget_portal_room(mxid, portal.uin)
+            await self.store.portals.forget_room(mxid, portal.uin)
             for member in (self.puppets.mxid(portal.uin), self.config.bot_mxid):
                 try:
                     await self.matrix.leave(room_id, user_id=member)

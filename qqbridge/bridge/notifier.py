@@ -8,25 +8,18 @@ part that tells a person something gets this one object, not the bridge.
 from __future__ import annotations
 
 import uuid
-from typing import Protocol
 
 import structlog
 
 from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.ports import Matrix
-from qqbridge.store.rows import BridgeUser
+from qqbridge.store.users import UserStore
 
 log = structlog.get_logger(__name__)
 
 
-class Users(Protocol):
-    """The store, as far as finding a user's control room goes."""
-
-    async def get_user(self, mxid: str) -> BridgeUser | None: ...
-
-
 class Notifier:
-    def __init__(self, users: Users, matrix: Matrix) -> None:
+    def __init__(self, users: UserStore, matrix: Matrix) -> None:
         self._users, self._matrix = users, matrix
 
     async def notice(
@@ -42,7 +35,7 @@ class Notifier:
 
     async def notice_user(self, mxid: str, text: str, *, txn_id: str, notify: bool = False) -> str | None:
         """A notice in the user's control room; None (and a log line) if they have none."""
-        user = await self._users.get_user(mxid)
+        user = await self._users.get(mxid)
         if user is None or not user.control_room_id:
             log.warning("no control room to tell", mxid=mxid, text=text)
             return None

@@ -211,7 +211,7 @@ class HomeserverAPI:
         parsed = RoomCreateResponse.from_dict(answer)
         if not isinstance(parsed, RoomCreateResponse):
             raise MatrixError(200, "M_BAD_JSON", "create room answered without a room_id", "create room")
-        return parsed.room_id
+        return str(parsed.room_id)
 
     async def join(self, room_id: str, *, user_id: str | None = None) -> None:
         method, path = Api.join(_PLACEHOLDER, room_id)
@@ -235,7 +235,7 @@ class HomeserverAPI:
         parsed = RoomSendResponse.from_dict(answer, room_id)
         if not isinstance(parsed, RoomSendResponse):
             raise MatrixError(200, "M_BAD_JSON", "send answered without an event_id", "send")
-        return parsed.event_id
+        return str(parsed.event_id)
 
     async def redact(
         self, room_id: str, event_id: str, *, txn_id: str, reason: str | None = None, user_id: str | None = None

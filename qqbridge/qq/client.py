@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
@@ -43,6 +43,14 @@ MAX_REPLY_BYTES = 1 << 20
 MAX_FRIENDS = 10_000  # more than QQ ever allowed one account; a longer list is a lie
 
 T = TypeVar("T")
+P = TypeVar("P")  # a page of a paged list
+R = TypeVar("R")  # a command's reply
+
+
+def _friend_page(page: int | model.Page) -> tuple[Sequence[int], bool]:
+    if not isinstance(page, model.Page):  # the codec answers page_size > 0 with a Page
+        raise RemoteProtocolError("List: a page came back as a count")
+    return page.uins, page.last
 
 
 def seq_counter(start: int | None = None) -> Callable[[], int]:
@@ -90,7 +98,7 @@ class QQClient:
 
     # ---- one request -------------------------------------------------------------------
 
-    async def request(self, command: codec.Command) -> Any:
+    async def request(self, command: codec.Command[R]) -> R:
         """Send one command and return its decoded reply (or raise its error). The whole
         exchange has `timeout` seconds: a reply dripped byte by byte ends there as
         OutcomeUnknown (retry with the same SEQ), never later."""
@@ -116,8 +124,8 @@ class QQClient:
         self,
         name: str,
         page_size: int,
-        ask: Callable[[int], codec.Command],
-        items: Callable[[Any], Sequence[T]],
+        ask: Callable[[int], codec.Command[P]],
+        items: Callable[[P], tuple[Sequence[T], bool]],
         uin_of: Callable[[T], int],
     ) -> list[T]:
         """Every item of a paged list (List, Query_Stat), page after page until FN=1.
@@ -132,7 +140,7 @@ class QQClient:
         offset = 0
         for _ in range(max_pages):
             page = await self.request(ask(offset))
-            listed = items(page)
+            listed, last = items(page)
             if len(listed) > page_size:
                 raise RemoteProtocolError(f"{name}: a page of {len(listed)} friends, asked for {page_size}")
             for item in listed:
@@ -145,7 +153,7 @@ class QQClient:
                     )
             if len(found) > self.max_friends:
                 raise RemoteProtocolError(f"{name}: the QQ server lists more than {self.max_friends:,} friends")
-            if page.last:
+            if last:
                 return list(found.values())
             if not listed:
                 raise RemoteProtocolError(f"{name}: an empty page that is not the last")
@@ -168,20 +176,23 @@ class QQClient:
         await self.request(codec.Logout(self.uin, self._seq(seq)))
 
     async def count_friends(self) -> int:
-        return await self.request(codec.ListFriends(self.uin, self._seq(None), page_size=0))
+        count = await self.request(codec.ListFriends(self.uin, self._seq(None), page_size=0))
+        if not isinstance(count, int):  # the codec answers page_size 0 with the count
+            raise RemoteProtocolError("List: the friend count came back as a page")
+        return count
 
     async def friends(self, page_size: int = FRIENDS_PAGE) -> list[int]:
         """Every friend's UIN, asking page after page until FN=1 (bounded, see _all_pages)."""
         return await self._all_pages(
             "List", page_size, lambda offset: codec.ListFriends(self.uin, self._seq(None), page_size, offset),
-            lambda page: page.uins, lambda uin: uin,
+            _friend_page, lambda uin: uin,
         )  # fmt: skip
 
     async def online_friends(self, page_size: int = ONLINE_PAGE) -> list[model.OnlineFriend]:
         """Every online or busy friend, page after page until FN=1 (bounded, see _all_pages)."""
         return await self._all_pages(
             "Query_Stat", page_size, lambda offset: codec.QueryStat(self.uin, self._seq(None), page_size, offset),
-            lambda page: page.friends, lambda friend: friend.uin,
+            lambda page: (page.friends, page.last), lambda friend: friend.uin,
         )  # fmt: skip
 
     async def profile(self, target: int, level: int = 3) -> model.Profile:

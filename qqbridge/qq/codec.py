@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from qqbridge.qq import model
 from qqbridge.qq.errors import (
@@ -93,9 +93,14 @@ def _status(value: int, key: str) -> model.Status:
         raise RemoteProtocolError(f"reply's {key} holds unknown status {value}") from None
 
 
+Reply = TypeVar("Reply")
+
+
 @dataclass(frozen=True)
-class Command:
-    """One request. Subclasses name their `CMD` and add their parameters."""
+class Command(Generic[Reply]):
+    """One request. Subclasses name their `CMD`, add their parameters and say the type of
+    their reply (`Command[model.LoginOk]`); a command whose reply carries nothing but its
+    `RES` is a `Command[None]`."""
 
     CMD: ClassVar[str]
     uin: int
@@ -104,11 +109,11 @@ class Command:
     def params(self) -> list[tuple[str, str]]:
         return []
 
-    def parse(self, fields: dict[str, str]) -> Any:
-        return None
+    def parse(self, fields: dict[str, str]) -> Reply:
+        return None  # type: ignore[return-value]  # Command[None]: only RES, checked by decode
 
 
-def encode(command: Command) -> bytes:
+def encode(command: Command[Any]) -> bytes:
     """The request body: `VER&CMD&SEQ&UIN` first, then the command's own parameters."""
     _check_uin("UIN", command.uin)
     if not isinstance(command.seq, int) or not 1 <= command.seq <= MAX_SEQ:
@@ -117,7 +122,7 @@ def encode(command: Command) -> bytes:
     return encode_body(head + command.params())
 
 
-def decode(command: Command, body: bytes) -> Any:
+def decode(command: Command[Reply], body: bytes) -> Reply:
     """Check a reply against its request and return the command's typed result."""
     if body == b"":
         raise NullReply(command.CMD)
@@ -143,7 +148,7 @@ def decode(command: Command, body: bytes) -> Any:
 
 
 @dataclass(frozen=True)
-class Login(Command):
+class Login(Command[model.LoginOk]):
     """Returns LoginOk; a wrong password raises WrongPassword."""
 
     CMD = "Login"
@@ -162,7 +167,7 @@ class Login(Command):
 
 
 @dataclass(frozen=True)
-class _Paged(Command):
+class _Paged(Command[Reply]):
     """List and Query_Stat: `page_size` (TN) items from `offset` (UN)."""
 
     page_size: int = 0
@@ -175,7 +180,7 @@ class _Paged(Command):
 
 
 @dataclass(frozen=True)
-class ListFriends(_Paged):
+class ListFriends(_Paged[int | model.Page]):
     """page_size 0 returns the friend count (int); otherwise a Page."""
 
     CMD = "List"
@@ -190,7 +195,7 @@ class ListFriends(_Paged):
 
 
 @dataclass(frozen=True)
-class QueryStat(_Paged):
+class QueryStat(_Paged[model.OnlinePage]):
     """Online and busy friends, one OnlinePage. Clients always send page_size > 0."""
 
     CMD = "Query_Stat"
@@ -220,7 +225,7 @@ _REPLY_HEAD = {"VER", "CMD", "SEQ", "UIN", "RES", "UN", "NK", "LV"}
 
 
 @dataclass(frozen=True)
-class GetInfo(Command):
+class GetInfo(Command[model.Profile]):
     """The profile of `target`: level 0-1 simple, 2 normal, 3+ detailed."""
 
     CMD = "GetInfo"
@@ -246,6 +251,9 @@ class GetInfo(Command):
             elif key in _PROFILE_CODES:
                 name, table = _PROFILE_CODES[key]
                 code = _number(text)
+                if code is None:  # not a number at all: kept visible, as an unknown code is
+                    extra[key] = text
+                    continue
                 try:
                     values[name] = table(code)
                 except ValueError:
@@ -262,7 +270,7 @@ class GetInfo(Command):
 
 
 @dataclass(frozen=True)
-class AddToList(Command):
+class AddToList(Command[model.AddResult]):
     CMD = "AddToList"
     target: int = 0
 
@@ -280,7 +288,7 @@ class AddToList(Command):
 
 
 @dataclass(frozen=True)
-class AckAddToList(Command):
+class AckAddToList(Command[None]):
     """Request (CD=2), accept (0) or reject (1) a friendship, with a reason text."""
 
     CMD = "Ack_AddToList"
@@ -294,7 +302,7 @@ class AckAddToList(Command):
 
 
 @dataclass(frozen=True)
-class DelFromList(Command):
+class DelFromList(Command[None]):
     CMD = "DelFromList"
     target: int = 0
 
@@ -304,7 +312,7 @@ class DelFromList(Command):
 
 
 @dataclass(frozen=True)
-class ChangeStat(Command):
+class ChangeStat(Command[None]):
     CMD = "Change_Stat"
     status: model.Status = model.Status.ONLINE
 
@@ -330,7 +338,7 @@ def _event(kind: int, sender: int, content: str) -> model.Event:
 
 
 @dataclass(frozen=True)
-class GetMsgEx(Command):
+class GetMsgEx(Command[model.MessageBatch]):
     """Fetch queued events, oldest first, at most 50 (then `full`)."""
 
     CMD = "GetMsgEx"
@@ -349,7 +357,7 @@ class GetMsgEx(Command):
 
 
 @dataclass(frozen=True)
-class CltMsg(Command):
+class CltMsg(Command[None]):
     """Send `text` to `target`; at most 700 bytes of UTF-8 (see split_message)."""
 
     CMD = "CLTMSG"
@@ -365,7 +373,7 @@ class CltMsg(Command):
 
 
 @dataclass(frozen=True)
-class Logout(Command):
+class Logout(Command[None]):
     CMD = "Logout"
 
 

@@ -82,7 +82,7 @@ class QQHttp:
     def __init__(self, local_address: str | None = None, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.local_address = local_address
         self._slots = asyncio.Semaphore(max_connections)
-        self._open: set[asyncio.BaseTransport] = set()
+        self._open: set[asyncio.Transport] = set()
         self._tls: ssl.SSLContext | None = None
         self.is_closed = False
 
@@ -94,7 +94,7 @@ class QQHttp:
         loop = asyncio.get_running_loop()
         async with self._slots:
             exchange = _Exchange(target, body, max_reply_bytes, loop.create_future())
-            transport: asyncio.BaseTransport | None = None
+            transport: asyncio.Transport | None = None
             try:
                 try:
                     async with asyncio.timeout(CONNECT_SECONDS):

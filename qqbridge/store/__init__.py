@@ -1,14 +1,16 @@
 """The bridge's persistent store: SQLite or PostgreSQL, one schema, numbered migrations.
 
     store = await Store.open("sqlite:///qqbridge.db")   # or a path, or postgresql://...
-    if await store.record_transaction(txn_id, events): ...
+    if await store.inbox.record_transaction(txn_id, events): ...
     await store.close()
 
-Modules: `store` (the `Store` the bridge uses), with `contacts` (puppets, portals,
-friend requests), `messages` (the QQ inbound queue and the outbox) and `seq` (the QQ
-request counter) behind it, `rows` (what it returns), `checks` (what it refuses),
-`migrations` (the schema), `database` with its `sqlite_backend` and `postgres_backend`
-(the only code that knows which database it is), `errors`.
+Modules: `store` (the `Store`, which holds one repository per aggregate), the
+repositories `inbox`, `users` (users and bridge state), `seq` (the QQ request counter),
+`contacts` (puppets, portals, friend requests) and `messages` (the QQ inbound queue and
+the outbox) on `repository`'s base; `rows` (what they return), `checks` (what they
+refuse), `migrations` (the schema), `database` (the backend interface) with its
+`sqlite_backend` and `postgres_backend` (the only code that knows which database it is)
+and `connect` (which chooses one), `errors`.
 """
 
 from qqbridge.store.contacts import UNSET

@@ -81,19 +81,6 @@ class Database(ABC):
         """Close the connection or pool. Idempotent."""
 
 
-async def connect(url: str, *, pool_size: int = 10) -> Database:
-    """Open the database `url` names. Raises `StoreConnectionError` when it cannot."""
-    # Imported here so that using one backend never needs the other's driver loaded.
-    kind, target = parse_url(url)
-    if kind == "sqlite":
-        from qqbridge.store.sqlite_backend import SQLiteDatabase
-
-        return await SQLiteDatabase.open(target)
-    from qqbridge.store.postgres_backend import PostgresDatabase
-
-    return await PostgresDatabase.open(target, pool_size=pool_size)
-
-
 def parse_url(url: str) -> tuple[str, str]:
     """Return ("sqlite", path) or ("postgresql", dsn) for a store URL."""
     if not isinstance(url, str) or not url.strip():

@@ -29,7 +29,7 @@ class InboxState(StrEnum):
     """Where a Matrix event received from the homeserver stands."""
 
     PENDING = "pending"
-    HANDLING = "handling"  # claimed by the bridge's inbox (`claim_events`), not finished yet
+    HANDLING = "handling"  # claimed by the bridge's inbox (`store.inbox.claim`), not finished yet
     HANDLED = "handled"
     FAILED = "failed"  # handled, but handling it failed; `error` says why
 

@@ -1,14 +1,17 @@
 """The QQ request counter (SEQ), per bridge user, kept in `qq_seq` and `qq_seq_issued`.
 
 `issue` is the one place a SEQ is made. It writes but opens no transaction of its own:
-`Store.next_seq` runs it in one, and `messages.enqueue_outgoing` runs it inside the
+`SeqStore.reserve` runs it in one, and `OutboxStore.enqueue` runs it inside the
 transaction that stores the outgoing message with its SEQ, so the two are kept, or
 lost, together.
 """
 
 from __future__ import annotations
 
+from qqbridge.store import checks
+from qqbridge.store.checks import text as _text
 from qqbridge.store.database import Database
+from qqbridge.store.repository import Repository
 
 # SEQ is 1 to 10 decimal digits (docs/protocol.md section 2); past the end the counter
 # wraps to the clock.
@@ -57,3 +60,33 @@ async def last(db: Database, mxid: str, purpose: str) -> int | None:
     """The SEQ last issued to `mxid` for `purpose`, or None."""
     seq = await db.fetchval("SELECT seq FROM qq_seq_issued WHERE mxid = $1 AND purpose = $2", mxid, purpose)
     return None if seq is None else int(seq)
+
+
+class SeqStore(Repository):
+    """The SEQs of each user's QQ requests: issued here, never twice."""
+
+    async def next(self, mxid: str, purpose: str) -> int:
+        """The SEQ for the user's next QQ request, stored before it is returned.
+
+        Strictly increasing per user, 1..9999999999, wrapping to 1. Also remembered
+        as the last SEQ for `purpose` (e.g. "GetMsgEx"), so after a crash the request
+        can be retried with the same SEQ (`last`), which the server answers
+        idempotently.
+        """
+        return (await self.reserve(mxid, purpose, 1))[0]
+
+    async def reserve(self, mxid: str, purpose: str, count: int) -> range:
+        """`count` consecutive SEQs for the user's next QQ requests, all stored as
+        issued at once (the counter moves past them), so a caller may hand them out
+        from memory: one write for many requests. After a crash the unused ones are
+        simply skipped."""
+        _text("mxid", mxid)
+        _text("purpose", purpose)
+        async with self._db.transaction():
+            await checks.user_exists(self._db, mxid)
+            first = await issue(self._db, mxid, purpose, self._now_ms(), count)
+        return range(first, first + count)
+
+    async def last(self, mxid: str, purpose: str) -> int | None:
+        """The SEQ last issued to the user for `purpose`, or None."""
+        return await last(self._db, _text("mxid", mxid), _text("purpose", purpose))

@@ -11,26 +11,33 @@ from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import errors, model
 
 
+class _MemoryState(dict[str, str]):
+    """The bridge state as a dict, with the async `get`/`set` of `BridgeStateStore`."""
+
+    async def get(self, key: str) -> str | None:  # type: ignore[override]
+        return dict.get(self, key)
+
+    async def set(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.pop(key, None)
+        else:
+            self[key] = value
+
+
 class MemoryStore:
+    """The repositories a QQ session uses (state, inbound, seqs, users), in memory."""
+
     def __init__(self) -> None:
-        self.state: dict[str, str] = {}
+        self.state = _MemoryState()
         self.login_state: dict[str, str] = {}
         self.seq = 0
         self.stored_batches: set[int] = set()  # GetMsgEx SEQs whose events are stored
+        self.inbound = self.seqs = self.users = self  # one object plays those three
 
-    async def inbound_batch_stored(self, mxid: str, seq: int) -> bool:
+    async def batch_stored(self, mxid: str, seq: int) -> bool:
         return seq in self.stored_batches
 
-    async def get_state(self, key: str) -> str | None:
-        return self.state.get(key)
-
-    async def set_state(self, key: str, value: str | None) -> None:
-        if value is None:
-            self.state.pop(key, None)
-        else:
-            self.state[key] = value
-
-    async def reserve_seqs(self, mxid: str, purpose: str, count: int) -> range:
+    async def reserve(self, mxid: str, purpose: str, count: int) -> range:
         first, self.seq = self.seq + 1, self.seq + count
         return range(first, first + count)
 

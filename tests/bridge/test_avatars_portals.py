@@ -71,7 +71,7 @@ async def test_one_upload_per_picture_and_one_avatar_change_per_puppet(store: St
     assert await avatars.show_face("@_qq_1:x", 42)  # already shown: nothing to do
     assert media.uploads == ["qq-face-15.png"]
     assert media.avatars == [("@_qq_1:x", "mxc://hs/1"), ("@_qq_2:x", "mxc://hs/1")]
-    assert await store.get_state("avatar:face:15") == "mxc://hs/1"
+    assert await store.state.get("avatar:face:15") == "mxc://hs/1"
 
     again = Avatars(store, media)  # after a restart: the store remembers
     assert await again.show_face("@_qq_3:x", 44)
@@ -128,7 +128,7 @@ class PortalMatrix:
 async def test_open_invites_the_owner_once_and_always_as_a_direct_chat(store: Store) -> None:
     config = Config(homeserver={"url": "http://hs", "domain": "x"}, permissions={"x": "user"})
     matrix = PortalMatrix()
-    await store.upsert_user("@dan:x")
+    await store.users.upsert("@dan:x")
     portals = Portals(store, matrix, Puppets(config, store, matrix))
     direct = ("@dan:x", {"membership": "invite", "is_direct": True})
 

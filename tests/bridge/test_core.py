@@ -43,8 +43,8 @@ async def bridge(tmp_path: Path):
 async def test_a_message_the_bridge_fails_on_is_answered(bridge: Bridge) -> None:
     event = {"event_id": "$m1", "type": "m.room.message", "room_id": "!r:example.org",
              "sender": "@bob:example.org", "content": {"msgtype": "m.text", "body": "help"}}  # fmt: skip
-    await bridge.store.record_transaction("t1", [event])
-    [stored] = await bridge.store.pending_events()
+    await bridge.store.inbox.record_transaction("t1", [event])
+    [stored] = await bridge.store.inbox.pending()
 
     async def broken(event: Any) -> None:
         raise RuntimeError("disk on fire")
@@ -54,17 +54,17 @@ async def test_a_message_the_bridge_fails_on_is_answered(bridge: Bridge) -> None
     [(room, notice)] = bridge.matrix.sent
     assert room == "!r:example.org" and "disk on fire" in notice["body"]
     assert notice["m.relates_to"]["m.in_reply_to"]["event_id"] == "$m1"
-    assert await bridge.store.pending_events() == []  # marked handled (failed), not retried forever
+    assert await bridge.store.inbox.pending() == []  # marked handled (failed), not retried forever
 
 
 async def test_echoes_of_the_bot_and_puppets_are_ignored(bridge: Bridge) -> None:
     # In bob's control room, anyone else's message would get "Only bob can give commands".
-    await bridge.store.set_control_room("@bob:example.org", "!r:example.org")
+    await bridge.store.users.set_control_room("@bob:example.org", "!r:example.org")
     for sender in ("@qqbridge:example.org", "@_qq_10002:example.org"):
         event = {"event_id": f"$e-{sender}", "type": "m.room.message", "room_id": "!r:example.org",
                  "sender": sender, "content": {"msgtype": "m.text", "body": "help"}}  # fmt: skip
-        await bridge.store.record_transaction(f"t-{sender}", [event])
-    for stored in await bridge.store.pending_events():
+        await bridge.store.inbox.record_transaction(f"t-{sender}", [event])
+    for stored in await bridge.store.inbox.pending():
         await bridge._handle_in_order(stored)
     assert bridge.matrix.sent == []
 
@@ -77,7 +77,7 @@ async def test_an_event_that_hangs_is_set_aside_at_the_deadline_and_its_room_goe
     monkeypatch.setattr(core, "HANDLING_DEADLINE", 0.3)
     events = [{"event_id": eid, "type": "m.room.message", "room_id": "!r:example.org", "sender": "@bob:example.org",
                "content": {"msgtype": "m.text", "body": body}} for eid, body in (("$hang", "stuck"), ("$next", "help"))]  # fmt: skip
-    await bridge.store.record_transaction("t1", events)
+    await bridge.store.inbox.record_transaction("t1", events)
     handled: list[str] = []
 
     async def hangs_once(event: Any) -> None:
@@ -86,7 +86,7 @@ async def test_an_event_that_hangs_is_set_aside_at_the_deadline_and_its_room_goe
         handled.append(event.event_id)
 
     bridge.handle = hangs_once  # type: ignore[method-assign]
-    stored = await bridge.store.pending_events()
+    stored = await bridge.store.inbox.pending()
     started = time.monotonic()
     await asyncio.wait_for(asyncio.gather(*(bridge._handle_in_order(event) for event in stored)), 5)
     assert time.monotonic() - started < 2
@@ -94,7 +94,7 @@ async def test_an_event_that_hangs_is_set_aside_at_the_deadline_and_its_room_goe
     [(room, notice)] = bridge.matrix.sent
     assert "took more than" in notice["body"] and "not acted on or sent" in notice["body"]
     assert notice["m.relates_to"]["m.in_reply_to"]["event_id"] == "$hang"
-    assert await bridge.store.pending_events() == []  # set aside, not retried at the next wake
+    assert await bridge.store.inbox.pending() == []  # set aside, not retried at the next wake
 
 
 class AnsweringMatrix(RecordingMatrix):
@@ -113,11 +113,11 @@ async def test_qq_messages_stored_before_a_restart_are_shown_at_start_while_qq_i
                     qq={"server_url": "http://127.0.0.1:9/", "timeout": 2.0})  # fmt: skip
     store = await Store.open(str(tmp_path / "bridge.db"))
     owner = "@bob:example.org"
-    await store.upsert_user(owner)
-    await store.complete_login(owner, 10001, "0" * 32)
-    await store.claim_portal(owner, 10002, stranger=False)
-    await store.set_portal_room(owner, 10002, "!portal:example.org")
-    await store.store_inbound(owner, 10001, 7, [(9, 10002, "sent before the restart")])
+    await store.users.upsert(owner)
+    await store.users.complete_login(owner, 10001, "0" * 32)
+    await store.portals.claim(owner, 10002, stranger=False)
+    await store.portals.set_room(owner, 10002, "!portal:example.org")
+    await store.inbound.add_batch(owner, 10001, 7, [(9, 10002, "sent before the restart")])
     matrix = AnsweringMatrix()
     bridge = Bridge(config, store, matrix, qq_factory=lambda uin: QQClient(config.qq.server_url, uin, timeout=2.0))
     try:
@@ -129,7 +129,7 @@ async def test_qq_messages_stored_before_a_restart_are_shown_at_start_while_qq_i
         assert [(room, content["body"]) for room, content in matrix.sent] == [
             ("!portal:example.org", "sent before the restart")
         ]
-        assert await store.count_pending_inbound(owner) == 0
+        assert await store.inbound.count_pending(owner) == 0
         assert bridge.accounts.get(owner).state.value in ("connecting", "unreachable")  # QQ is down indeed
     finally:
         await bridge.stop()

@@ -48,8 +48,8 @@ def stale_reads(store: Store, monkeypatch: pytest.MonkeyPatch, *, armed: asyncio
     begins once `armed` is set takes its rows, then lets the event in hand finish
     (`release`) and returns those rows only after it has (`finished`), as a read on
     another pooled connection may."""
-    for name in ("pending_events", "claim_events"):
-        real = getattr(store, name, None)
+    for name in ("pending", "claim"):
+        real = getattr(store.inbox, name, None)
         if real is None:
             continue
 
@@ -61,12 +61,12 @@ def stale_reads(store: Store, monkeypatch: pytest.MonkeyPatch, *, armed: asyncio
                 await finished.wait()
             return rows
 
-        monkeypatch.setattr(store, name, read)
+        monkeypatch.setattr(store.inbox, name, read)
 
 
 async def settled(bridge: Bridge) -> None:
     for _ in range(200):
-        if await bridge.store.count_pending_events() == 0 and not bridge._tasks - {bridge._inbox_task}:
+        if await bridge.store.inbox.count_pending() == 0 and not bridge._tasks - {bridge._inbox_task}:
             await asyncio.sleep(0.05)  # anything started twice would run now
             return
         await asyncio.sleep(0.01)
@@ -85,7 +85,7 @@ async def test_an_event_finished_during_a_page_read_is_not_started_again(
             in_hand.set()
             await release.wait()  # held until a page read has taken its rows
 
-    real_mark = bridge.store.mark_event_handled
+    real_mark = bridge.store.inbox.mark_handled
 
     async def mark(event_id: str, error: str | None = None) -> None:
         await real_mark(event_id, error)
@@ -93,16 +93,16 @@ async def test_an_event_finished_during_a_page_read_is_not_started_again(
             finished.set()
 
     monkeypatch.setattr(bridge, "handle", handle)
-    monkeypatch.setattr(bridge.store, "mark_event_handled", mark)
+    monkeypatch.setattr(bridge.store.inbox, "mark_handled", mark)
     stale_reads(bridge.store, monkeypatch, armed=armed, release=release, finished=finished)
     bridge._inbox_task = asyncio.create_task(bridge._inbox_loop())
 
-    await bridge.store.record_transaction("t1", [message("$a", "login 10001")])
+    await bridge.store.inbox.record_transaction("t1", [message("$a", "login 10001")])
     bridge.wake()
     await asyncio.wait_for(in_hand.wait(), 5)
     await asyncio.sleep(0.2)  # the loop has read what there was, and waits for a wake
     # A second transaction while $a is in hand: its wake reads the inbox again.
-    await bridge.store.record_transaction("t2", [message("$b", "ping")])
+    await bridge.store.inbox.record_transaction("t2", [message("$b", "ping")])
     armed.set()
     bridge.wake()
     await settled(bridge)
@@ -126,7 +126,7 @@ async def test_many_wakes_and_events_in_many_rooms_each_handled_once(bridge: Bri
     bridge._inbox_task = asyncio.create_task(bridge._inbox_loop())
     events = [message(f"$e{room}-{n}", "x", room=f"!r{room}:example.org") for n in range(10) for room in range(40)]
     for t in range(100):
-        await bridge.store.record_transaction(f"t{t}", events[t * 4 : t * 4 + 4])
+        await bridge.store.inbox.record_transaction(f"t{t}", events[t * 4 : t * 4 + 4])
         bridge.wake()
         await asyncio.sleep(0)
     await settled(bridge)
@@ -178,23 +178,23 @@ async def test_the_login_command_seen_again_is_never_taken_for_the_password(tmp_
     matrix = Homeserver()
     bridge = Bridge(config, store, matrix, qq_factory=lambda uin: RefusingQQ(uin, tried))
     try:
-        await store.set_control_room(USER, ROOM)
-        await store.record_transaction("t1", [message("$login", "login 20012"), message("$pw", "pw-20012")])
-        login, password = await store.pending_events()
+        await store.users.set_control_room(USER, ROOM)
+        await store.inbox.record_transaction("t1", [message("$login", "login 20012"), message("$pw", "pw-20012")])
+        login, password = await store.inbox.pending()
         await bridge.handle(login)
         assert "Send your QQ password for 20012" in matrix.sent[-1][1]["body"]
         said = len(matrix.sent)
 
         await bridge.handle(login)  # again: ignored
         assert len(matrix.sent) == said and matrix.redacted == [] and tried == []
-        assert (await store.get_user(USER)).login_state == "awaiting_password"
+        assert (await store.users.get(USER)).login_state == "awaiting_password"
 
         await bridge.handle(password)
         assert matrix.redacted == ["$pw"] and tried == [password_md5("pw-20012")]
         answers = [content["body"] for _, content in matrix.sent[said:]]
         assert len(answers) == 1 and "QQ refused the password for 20012" in answers[0]
         assert not any("pw-20012" in body for _, content in matrix.sent for body in [content["body"]])
-        assert (await store.get_user(USER)).login_state == "logged_out"
+        assert (await store.users.get(USER)).login_state == "logged_out"
     finally:
         await bridge.stop()
         await store.close()
@@ -203,9 +203,9 @@ async def test_the_login_command_seen_again_is_never_taken_for_the_password(tmp_
 async def test_an_unknown_command_is_never_repeated_back(bridge: Bridge) -> None:
     """A password typed when no login waits (too late, or twice) runs as a command:
     the answer must not say it."""
-    await bridge.store.set_control_room(USER, ROOM)
-    await bridge.store.record_transaction("t1", [message("$1", "pw-20012"), message("$2", "lgin 10001")])
-    for event in await bridge.store.pending_events():
+    await bridge.store.users.set_control_room(USER, ROOM)
+    await bridge.store.inbox.record_transaction("t1", [message("$1", "pw-20012"), message("$2", "lgin 10001")])
+    for event in await bridge.store.inbox.pending():
         await bridge.handle(event)
     first, second = (content["body"] for _, content in bridge.matrix.sent)
     assert "not a command" in first and "pw-20012" not in first
@@ -229,7 +229,7 @@ async def test_a_store_that_fails_to_hand_out_events_is_tried_again_and_the_even
 ) -> None:
     """The inbox loop used to die silently when reading the store raised; it pauses and
     claims again, and the event is handled once."""
-    real_claim, failures = bridge.store.claim_events, [1]
+    real_claim, failures = bridge.store.inbox.claim, [1]
 
     async def claim(*args: Any, **kwargs: Any) -> Any:
         if failures:
@@ -237,9 +237,9 @@ async def test_a_store_that_fails_to_hand_out_events_is_tried_again_and_the_even
             raise OSError("the database connection was reset")
         return await real_claim(*args, **kwargs)
 
-    monkeypatch.setattr(bridge.store, "claim_events", claim)
+    monkeypatch.setattr(bridge.store.inbox, "claim", claim)
     handled = start_counting(bridge, monkeypatch)
-    await bridge.store.record_transaction("t1", [message("$a", "ping")])
+    await bridge.store.inbox.record_transaction("t1", [message("$a", "ping")])
     bridge.wake()
     await settled(bridge)
     assert not failures and handled == {"$a": 1}
@@ -251,7 +251,7 @@ async def test_an_event_whose_mark_fails_stays_claimed_and_is_not_handled_again(
 ) -> None:
     """Recording the outcome fails twice: the mark is tried again while the event stays
     claimed, and later wakes never start it a second time."""
-    real_mark, failures = bridge.store.mark_event_handled, [1, 1]
+    real_mark, failures = bridge.store.inbox.mark_handled, [1, 1]
 
     async def mark(event_id: str, error: str | None = None) -> None:
         if failures:
@@ -260,10 +260,10 @@ async def test_an_event_whose_mark_fails_stays_claimed_and_is_not_handled_again(
             raise OSError("the database connection was reset")
         await real_mark(event_id, error)
 
-    monkeypatch.setattr(bridge.store, "mark_event_handled", mark)
+    monkeypatch.setattr(bridge.store.inbox, "mark_handled", mark)
     handled = start_counting(bridge, monkeypatch)
-    await bridge.store.record_transaction("t1", [message("$a", "ping")])
+    await bridge.store.inbox.record_transaction("t1", [message("$a", "ping")])
     bridge.wake()
     await settled(bridge)
     assert not failures and handled == {"$a": 1}
-    assert await bridge.store.pending_events() == []
+    assert await bridge.store.inbox.pending() == []

@@ -19,7 +19,7 @@ import yaml
 
 from qqbridge.config import load_config
 from qqbridge.registration import generate
-from qqbridge.store.database import connect
+from qqbridge.store.connect import connect
 
 EXAMPLE = Path(__file__).parent.parent.parent / "config.example.yaml"
 TOKEN = "hsTOKENabcdefghijklmnopqrstuvwxyz0123456789"

@@ -264,8 +264,8 @@ class DownOnCue:
 async def bridge(tmp_path: Path):
     config = Config(homeserver={"url": "http://hs", "domain": "example.org"}, permissions={"example.org": "user"})
     store = await Store.open(str(tmp_path / "bridge.db"))
-    await store.upsert_user(OWNER)
-    await store.set_control_room(OWNER, CONTROL)
+    await store.users.upsert(OWNER)
+    await store.users.set_control_room(OWNER, CONTROL)
     matrix = DownOnCue()
     bridge = Bridge(config, store, matrix, qq_factory=lambda uin: None, homeserver=matrix.health)
     yield bridge
@@ -280,7 +280,7 @@ async def test_the_relay_waits_for_the_watcher_and_goes_within_a_probe(bridge: B
     in order, each once."""
     matrix: DownOnCue = bridge.matrix  # type: ignore[assignment]
     matrix.down = True
-    await bridge.store.store_inbound(OWNER, 10001, 1, [(9, 20002, f"m{n}") for n in range(5)])
+    await bridge.store.inbound.add_batch(OWNER, 10001, 1, [(9, 20002, f"m{n}") for n in range(5)])
     bridge.inbound.wake(OWNER)
     await asyncio.sleep(4)
     assert matrix.sent == [] and matrix.attempts <= 2, matrix.attempts
@@ -293,7 +293,7 @@ async def test_the_relay_waits_for_the_watcher_and_goes_within_a_probe(bridge: B
         await asyncio.sleep(0.05)
     assert [body for _, body, _ in matrix.sent] == [f"m{n}" for n in range(5)]
     assert matrix.sent[0][2] - back < 1.1
-    assert await bridge.store.count_pending_inbound(OWNER) == 0
+    assert await bridge.store.inbound.count_pending(OWNER) == 0
     assert bridge.metrics.homeserver_up._value.get() == 1
 
 

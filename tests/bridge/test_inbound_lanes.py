@@ -75,8 +75,8 @@ async def bridge(tmp_path: Path):
     config = Config(homeserver={"url": "http://hs", "domain": "example.org"}, permissions={"example.org": "user"})
     store = await Store.open(str(tmp_path / "bridge.db"))
     for owner, control in CONTROLS.items():
-        await store.upsert_user(owner)
-        await store.set_control_room(owner, control)
+        await store.users.upsert(owner)
+        await store.users.set_control_room(owner, control)
     bridge = Bridge(config, store, Homeserver(), qq_factory=lambda uin: None)
     yield bridge
     await bridge.inbound.close()
@@ -90,7 +90,7 @@ def burst(friends: int, each: int, first: int = 20002) -> list[tuple[int, int, s
 
 async def store_in_batches(bridge: Bridge, owner: str, rows: list[tuple[int, int, str]], seq: int = 1) -> None:
     for start in range(0, len(rows), 50):  # GetMsgEx returns 50 at most
-        await bridge.store.store_inbound(owner, 10001, seq + start // 50, rows[start : start + 50])
+        await bridge.store.inbound.add_batch(owner, 10001, seq + start // 50, rows[start : start + 50])
 
 
 def by_room(matrix: Homeserver, owner_rooms: set[str] | None = None) -> dict[str, list[str]]:
@@ -178,7 +178,7 @@ async def test_status_changes_never_wait_behind_messages(bridge: Bridge) -> None
             break
         await asyncio.sleep(0.02)
     assert matrix.in_flight == inbound_module.USER_SENDS
-    await bridge.store.store_inbound(OWNER, 10001, 99, [(99, 20003, "30"), (99, 20050, "10")])
+    await bridge.store.inbound.add_batch(OWNER, 10001, 99, [(99, 20003, "30"), (99, 20050, "10")])
     bridge.inbound.wake(OWNER)
     for _ in range(100):
         if len(matrix.presence) == 2:
@@ -188,7 +188,7 @@ async def test_status_changes_never_wait_behind_messages(bridge: Bridge) -> None
     assert matrix.in_flight == inbound_module.USER_SENDS and matrix.sent == []
     matrix.gate.set()
     for _ in range(100):
-        if await bridge.store.count_pending_inbound(OWNER) == 0:
+        if await bridge.store.inbound.count_pending(OWNER) == 0:
             break
         await asyncio.sleep(0.02)
     assert await states(bridge) == {"relayed": 62}
@@ -240,7 +240,7 @@ async def test_an_accepted_friend_request_shows_the_new_friends_presence_at_once
     account = SimpleNamespace(qq=QQ(), friends=set(), uin=10001)
     bridge.accounts.running[OWNER] = account  # type: ignore[assignment]
     try:
-        await bridge.store.store_inbound(OWNER, 10001, 1, [(3, 20007, "")])
+        await bridge.store.inbound.add_batch(OWNER, 10001, 1, [(3, 20007, "")])
         await bridge.inbound.relay_pending(OWNER)
     finally:
         del bridge.accounts.running[OWNER]
@@ -262,15 +262,15 @@ async def test_a_strangers_portal_becomes_a_friends_when_they_are_one(bridge: Br
     account = SimpleNamespace(qq=QQ(), friends=set(), uin=10001)
     bridge.accounts.running[OWNER] = account  # type: ignore[assignment]
     try:
-        await bridge.store.store_inbound(OWNER, 10001, 1, [(9, 20002, "who am I"), (9, 20002, "still me")])
+        await bridge.store.inbound.add_batch(OWNER, 10001, 1, [(9, 20002, "who am I"), (9, 20002, "still me")])
         await bridge.inbound.relay_pending(OWNER)
-        assert (await bridge.store.get_portal(OWNER, 20002)).stranger
+        assert (await bridge.store.portals.get(OWNER, 20002)).stranger
         account.friends.add(20002)
-        await bridge.store.store_inbound(OWNER, 10001, 2, [(9, 20002, "a friend now")])
+        await bridge.store.inbound.add_batch(OWNER, 10001, 2, [(9, 20002, "a friend now")])
         await bridge.inbound.relay_pending(OWNER)
     finally:
         del bridge.accounts.running[OWNER]
-    portal = await bridge.store.get_portal(OWNER, 20002)
+    portal = await bridge.store.portals.get(OWNER, 20002)
     assert not portal.stranger
     assert by_room(matrix)[portal.room_id][-3:] == ["who am I", "still me", "a friend now"]
     assert matrix.rooms == 1
@@ -295,7 +295,7 @@ async def test_a_row_relayed_during_a_read_of_the_store_is_not_relayed_again(
 
     monkeypatch.setattr(matrix, "send", send)
     store = bridge.store
-    real_read, real_mark = store.pending_inbound, store.mark_inbound_relayed
+    real_read, real_mark = store.inbound.pending, store.inbound.mark_relayed
     armed, marked = asyncio.Event(), asyncio.Event()
 
     async def read(owner: str, **kwargs: Any) -> Any:
@@ -310,17 +310,17 @@ async def test_a_row_relayed_during_a_read_of_the_store_is_not_relayed_again(
         await real_mark(inbound_id, event_id)
         marked.set()
 
-    monkeypatch.setattr(store, "pending_inbound", read)
-    monkeypatch.setattr(store, "mark_inbound_relayed", mark)
+    monkeypatch.setattr(store.inbound, "pending", read)
+    monkeypatch.setattr(store.inbound, "mark_relayed", mark)
     matrix.gate.clear()
-    await store.store_inbound(OWNER, 10001, 1, [(9, 20002, "first")])
+    await store.inbound.add_batch(OWNER, 10001, 1, [(9, 20002, "first")])
     bridge.inbound.wake(OWNER)
     for _ in range(100):
         if matrix.in_flight:
             break
         await asyncio.sleep(0.01)
     assert matrix.in_flight == 1  # "first" is being sent
-    await store.store_inbound(OWNER, 10001, 2, [(9, 20003, "second")])
+    await store.inbound.add_batch(OWNER, 10001, 2, [(9, 20003, "second")])
     armed.set()
     bridge.inbound.wake(OWNER)  # rows stored during the run: it reads the store again
     for _ in range(200):

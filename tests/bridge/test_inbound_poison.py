@@ -45,8 +45,8 @@ class Homeserver:
 async def bridge(tmp_path: Path):
     config = Config(homeserver={"url": "http://hs", "domain": "example.org"}, permissions={"example.org": "user"})
     store = await Store.open(str(tmp_path / "bridge.db"))
-    await store.upsert_user(OWNER)
-    await store.set_control_room(OWNER, CONTROL)
+    await store.users.upsert(OWNER)
+    await store.users.set_control_room(OWNER, CONTROL)
     yield Bridge(config, store, Homeserver(), qq_factory=lambda uin: None)
     await store.close()
 
@@ -63,7 +63,7 @@ async def test_bad_senders_and_refusals_for_good_are_set_aside_once_and_the_rest
     bridge.matrix.refuse["too big"] = MatrixError(413, "M_TOO_LARGE", "event too large", "send")
     rows = [(9, 1, "from one"), (9, 99999999999, "from a giant"), (99, 7, "10"), (9, 20002, "too big"),
             (9, 20002, "hello after")]  # fmt: skip
-    await bridge.store.store_inbound(OWNER, 10001, 1, rows)
+    await bridge.store.inbound.add_batch(OWNER, 10001, 1, rows)
     await bridge.inbound.relay_pending(OWNER)
     assert await states(bridge) == ["failed", "failed", "failed", "failed", "relayed"]
     assert said(bridge, "!portal:example.org") == ["hello after"]
@@ -78,7 +78,7 @@ async def test_bad_senders_and_refusals_for_good_are_set_aside_once_and_the_rest
 
 async def test_a_homeserver_that_is_down_keeps_the_row_pending(bridge: Bridge) -> None:
     bridge.matrix.refuse["hello"] = MatrixError(502, "M_UNKNOWN", "bad gateway", "send")
-    await bridge.store.store_inbound(OWNER, 10001, 1, [(9, 20002, "hello")])
+    await bridge.store.inbound.add_batch(OWNER, 10001, 1, [(9, 20002, "hello")])
     for _ in range(UNKNOWN_TRIES + 2):
         with pytest.raises(MatrixError):
             await bridge.inbound.relay_pending(OWNER)
@@ -90,7 +90,7 @@ async def test_a_homeserver_that_is_down_keeps_the_row_pending(bridge: Bridge) -
 
 async def test_a_row_that_meets_a_bug_gets_a_few_tries_then_is_set_aside(bridge: Bridge) -> None:
     bridge.matrix.refuse["bug"] = KeyError("nobody foresaw this")
-    await bridge.store.store_inbound(OWNER, 10001, 1, [(9, 20002, "bug"), (9, 20002, "after the bug")])
+    await bridge.store.inbound.add_batch(OWNER, 10001, 1, [(9, 20002, "bug"), (9, 20002, "after the bug")])
     for _ in range(UNKNOWN_TRIES - 1):
         with pytest.raises(KeyError):
             await bridge.inbound.relay_pending(OWNER)

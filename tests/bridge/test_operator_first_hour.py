@@ -27,7 +27,7 @@ from qqbridge.cli import main
 from qqbridge.config import Config, load_config
 from qqbridge.doctor import check_database
 from qqbridge.store import LATEST_VERSION, Store
-from qqbridge.store.database import connect
+from qqbridge.store.connect import connect
 from qqbridge.store.migrations import MIGRATIONS, upgrade
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ async def test_doctor_says_what_the_bridge_will_migrate_and_migrates_nothing(wor
         # the running bridge's doctor (the control room's) writes nothing either
         found = await check_database(config, store)
         assert found.ok and found.detail == f"sqlite:///qqbridge.db answers (schema version {LATEST_VERSION})"
-        assert await store.get_state("doctor-last-check") is None
+        assert await store.state.get("doctor-last-check") is None
     finally:
         await store.close()
 

@@ -51,7 +51,7 @@ def stand_in(qq: Any) -> Any:
 
 async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
     store = await Store.open(str(tmp_path / "bridge.db"))
-    await store.upsert_user(OWNER)
+    await store.users.upsert(OWNER)
     matrix = RecordingMatrix()
     outbox = Outbox(store, matrix, Metrics(), time_scale=0.001)
     qq = ScriptedQQ({
@@ -76,7 +76,7 @@ async def test_order_same_seq_on_retry_and_a_reported_refusal(tmp_path) -> None:
     assert matrix.sent[0]["m.relates_to"]["m.in_reply_to"]["event_id"] == "$e2"
     assert "Not delivered" in matrix.sent[0]["body"]
     assert matrix.read == ["$e0", "$e1", "$e3"]
-    assert await store.count_pending_outgoing(OWNER) == 0
+    assert await store.outbox.count_pending(OWNER) == 0
     await store.close()
 
 
@@ -84,10 +84,10 @@ async def test_pacing_survives_a_restart(tmp_path) -> None:
     """Five pieces sent just before a restart still count: the new sender waits out
     QQ's 5-in-5-s window (here scaled to 1 s) before a sixth, instead of earning RES=3."""
     store = await Store.open(str(tmp_path / "bridge.db"))
-    await store.upsert_user(OWNER)
+    await store.users.upsert(OWNER)
     for n in range(5):  # what the process before the restart sent
-        [row] = await store.enqueue_outgoing(OWNER, "!portal:x", f"$before{n}", 10002, [f"before {n}"])
-        await store.mark_outgoing_sent(row.outbox_id)
+        [row] = await store.outbox.enqueue(OWNER, "!portal:x", f"$before{n}", 10002, [f"before {n}"])
+        await store.outbox.mark_sent(row.outbox_id)
     last_sent = time.monotonic()
     qq = ScriptedQQ({})
     arrived: list[float] = []

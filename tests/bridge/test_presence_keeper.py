@@ -194,7 +194,7 @@ async def test_set_presence_says_what_may_have_lapsed_and_sync_forces_it(puppets
     await puppets.set_presence(10002, model.Status.INVISIBLE)
     await puppets.set_presence(10002, model.Status.OFFLINE)  # offline stays offline: once is enough
     assert said[3:] == [(bob, "offline")] and len(puppets.presence) == 0
-    assert (await puppets.store.get_puppet(10002)).presence == int(model.Status.OFFLINE)
+    assert (await puppets.store.puppets.get(10002)).presence == int(model.Status.OFFLINE)
 
 
 async def test_a_new_friend_shows_their_status_at_once(puppets: Puppets) -> None:
@@ -213,4 +213,4 @@ async def test_set_presence_ignores_a_missing_media_repository(puppets: Puppets)
     """A homeserver stand-in without `request` has no media: faces are passed over."""
     assert puppets.avatars.media is None
     await puppets.ensure(10002, "Bob", face=3)
-    assert (await puppets.store.get_puppet(10002)).nick == "Bob"
+    assert (await puppets.store.puppets.get(10002)).nick == "Bob"

@@ -245,7 +245,7 @@ class RecordingMatrix:
 
 async def test_a_waiting_message_gets_one_notice_then_goes_once_within_a_probe_of_the_return(tmp_path) -> None:
     store = await Store.open(str(tmp_path / "bridge.db"))
-    await store.upsert_user(OWNER)
+    await store.users.upsert(OWNER)
     world, matrix = World(), RecordingMatrix()
     outbox = Outbox(store, matrix, Metrics(), time_scale=0.02)  # "30 s" is 0.6 s, floored to 1 s
 

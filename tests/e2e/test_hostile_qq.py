@@ -113,8 +113,8 @@ async def hostile(stack, user, tmp_path) -> AsyncIterator[Any]:
         person = await user(name)
         control = await matrix.create_room(invite=[person.mxid], is_direct=True, name="hostile control")
         await person.client.join(control)
-        await store.upsert_user(person.mxid)
-        await store.set_control_room(person.mxid, control)
+        await store.users.upsert(person.mxid)
+        await store.users.set_control_room(person.mxid, control)
         await bridge.accounts.resume(person.mxid, 10001, "0" * 32)
         return Hostile(server, bridge, person, control, batches)
 

@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 
 from qqbridge.store import Store
-from qqbridge.store.database import Database, connect, redact_url
+from qqbridge.store.connect import connect
+from qqbridge.store.database import Database, redact_url
 from tests.store.clock import FakeClock
 
 POSTGRES_URL = os.environ.get("QQBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -27,8 +27,8 @@ T0 = 1_700_000_000_000  # the fake clock's start, in ms
 @pytest.fixture
 async def users(store: Store) -> Store:
     """The store, with Alice and Bob as bridge users (Alice's control room: !control)."""
-    await store.set_control_room(ALICE, "!control")
-    await store.upsert_user(BOB)
+    await store.users.set_control_room(ALICE, "!control")
+    await store.users.upsert(BOB)
     return store
 
 
@@ -36,33 +36,33 @@ async def users(store: Store) -> Store:
 
 
 async def test_puppet_fields_change_only_when_given(store: Store, clock: FakeClock) -> None:
-    assert await store.get_puppet(123456) is None
-    created = await store.upsert_puppet(123456)
+    assert await store.puppets.get(123456) is None
+    created = await store.puppets.upsert(123456)
     assert (created.uin, created.nick, created.displayname, created.presence) == (123456, None, None, None)
     assert created.updated_at == T0
 
     clock.advance(1)
-    assert await store.upsert_puppet(123456) == created  # nothing given: nothing changes
-    puppet = await store.upsert_puppet(123456, nick="小明")
+    assert await store.puppets.upsert(123456) == created  # nothing given: nothing changes
+    puppet = await store.puppets.upsert(123456, nick="小明")
     assert (puppet.nick, puppet.displayname, puppet.presence, puppet.updated_at) == ("小明", None, None, T0 + 1000)
-    puppet = await store.upsert_puppet(123456, displayname="小明 (QQ)", presence=30)
+    puppet = await store.puppets.upsert(123456, displayname="小明 (QQ)", presence=30)
     assert (puppet.nick, puppet.displayname, puppet.presence) == ("小明", "小明 (QQ)", 30)
-    puppet = await store.upsert_puppet(123456, nick=None, presence=UNSET)  # None clears
+    puppet = await store.puppets.upsert(123456, nick=None, presence=UNSET)  # None clears
     assert (puppet.nick, puppet.displayname, puppet.presence) == (None, "小明 (QQ)", 30)
-    puppet = await store.upsert_puppet(123456, nick="", presence=10)  # an empty nickname is a nickname
+    puppet = await store.puppets.upsert(123456, nick="", presence=10)  # an empty nickname is a nickname
     assert (puppet.nick, puppet.presence) == ("", 10)
-    assert await store.get_puppet(123456) == puppet
+    assert await store.puppets.get(123456) == puppet
 
     # Created with fields: they are set at once.
-    other = await store.upsert_puppet(4_294_967_295, nick="n", displayname="d", presence=20)
+    other = await store.puppets.upsert(4_294_967_295, nick="n", displayname="d", presence=20)
     assert (other.nick, other.displayname, other.presence) == ("n", "d", 20)
 
 
 async def test_puppets_survive_a_restart(open_store: OpenStore) -> None:
     store = await open_store()
-    before = await store.upsert_puppet(123456, nick="n", displayname="n (QQ)", presence=10)
+    before = await store.puppets.upsert(123456, nick="n", displayname="n (QQ)", presence=10)
     await store.close()
-    assert await (await open_store()).get_puppet(123456) == before
+    assert await (await open_store()).puppets.get(123456) == before
 
 
 @pytest.mark.parametrize(
@@ -71,10 +71,10 @@ async def test_puppets_survive_a_restart(open_store: OpenStore) -> None:
 )
 async def test_bad_puppet_fields_are_refused(store: Store, field: str, bad: object) -> None:
     with pytest.raises(InvalidValueError):
-        await store.upsert_puppet(123456, **{field: bad})  # type: ignore[arg-type]
-    assert await store.get_puppet(123456) is None
+        await store.puppets.upsert(123456, **{field: bad})  # type: ignore[arg-type]
+    assert await store.puppets.get(123456) is None
     with pytest.raises(InvalidValueError, match="not a QQ number"):
-        await store.upsert_puppet(9999)
+        await store.puppets.upsert(9999)
 
 
 # -- portals --------------------------------------------------------------------------
@@ -82,82 +82,82 @@ async def test_bad_puppet_fields_are_refused(store: Store, field: str, bad: obje
 
 async def test_portal_lifecycle(users: Store, clock: FakeClock) -> None:
     store = users
-    assert await store.get_portal(ALICE, 123456) is None
-    portal, created = await store.claim_portal(ALICE, 123456, stranger=True)  # first message: claim, then create
+    assert await store.portals.get(ALICE, 123456) is None
+    portal, created = await store.portals.claim(ALICE, 123456, stranger=True)  # first message: claim, then create
     assert created is True
     assert (portal.owner_mxid, portal.uin, portal.room_id, portal.stranger) == (ALICE, 123456, None, True)
     assert portal.created_at == portal.updated_at == T0
 
     clock.advance(1)
-    again, created = await store.claim_portal(ALICE, 123456, stranger=False)  # a second message meanwhile
+    again, created = await store.portals.claim(ALICE, 123456, stranger=False)  # a second message meanwhile
     assert created is False and again == portal  # returned as it is, stranger untouched
 
-    portal = await store.set_portal_room(ALICE, 123456, "!dm1")
+    portal = await store.portals.set_room(ALICE, 123456, "!dm1")
     assert portal.room_id == "!dm1" and portal.updated_at == T0 + 1000 and portal.created_at == T0
-    assert await store.get_portal_by_room("!dm1") == portal
-    assert await store.set_portal_room(ALICE, 123456, "!dm1") == portal  # again: fine
-    portal = await store.set_portal_stranger(ALICE, 123456, False)  # became a friend
+    assert await store.portals.by_room("!dm1") == portal
+    assert await store.portals.set_room(ALICE, 123456, "!dm1") == portal  # again: fine
+    portal = await store.portals.set_stranger(ALICE, 123456, False)  # became a friend
     assert portal.stranger is False
 
-    portal = await store.forget_portal_room(ALICE, 123456)  # the user left the room
+    portal = await store.portals.forget_room(ALICE, 123456)  # the user left the room
     assert portal.room_id is None and portal.stranger is False
-    assert await store.get_portal_by_room("!dm1") is None
-    portal, created = await store.claim_portal(ALICE, 123456, stranger=False)
+    assert await store.portals.by_room("!dm1") is None
+    portal, created = await store.portals.claim(ALICE, 123456, stranger=False)
     assert created is False and portal.room_id is None  # the caller makes a new room
-    assert (await store.set_portal_room(ALICE, 123456, "!dm2")).room_id == "!dm2"
+    assert (await store.portals.set_room(ALICE, 123456, "!dm2")).room_id == "!dm2"
 
 
 async def test_portals_are_per_user_and_listed_by_uin(users: Store) -> None:
     store = users
     for uin in (300000, 100000, 200000):
-        await store.claim_portal(ALICE, uin, stranger=False)
-    await store.claim_portal(BOB, 100000, stranger=True)  # Bob's own portal to the same contact
-    assert [p.uin for p in await store.list_portals(ALICE)] == [100000, 200000, 300000]
-    assert [(p.owner_mxid, p.stranger) for p in await store.list_portals(BOB)] == [(BOB, True)]
-    assert await store.list_portals("@nobody:example.org") == []
-    assert (await store.get_portal(BOB, 100000)).stranger is True  # type: ignore[union-attr]
-    assert (await store.get_portal(ALICE, 100000)).stranger is False  # type: ignore[union-attr]
+        await store.portals.claim(ALICE, uin, stranger=False)
+    await store.portals.claim(BOB, 100000, stranger=True)  # Bob's own portal to the same contact
+    assert [p.uin for p in await store.portals.of_owner(ALICE)] == [100000, 200000, 300000]
+    assert [(p.owner_mxid, p.stranger) for p in await store.portals.of_owner(BOB)] == [(BOB, True)]
+    assert await store.portals.of_owner("@nobody:example.org") == []
+    assert (await store.portals.get(BOB, 100000)).stranger is True  # type: ignore[union-attr]
+    assert (await store.portals.get(ALICE, 100000)).stranger is False  # type: ignore[union-attr]
 
 
 async def test_a_room_is_one_portal(users: Store) -> None:
     store = users
-    await store.claim_portal(ALICE, 100000, stranger=False)
-    await store.claim_portal(BOB, 200000, stranger=False)
-    await store.set_portal_room(ALICE, 100000, "!dm")
+    await store.portals.claim(ALICE, 100000, stranger=False)
+    await store.portals.claim(BOB, 200000, stranger=False)
+    await store.portals.set_room(ALICE, 100000, "!dm")
     with pytest.raises(ConflictError, match=f"!dm is already the portal of {ALICE} with 100000"):
-        await store.set_portal_room(BOB, 200000, "!dm")
+        await store.portals.set_room(BOB, 200000, "!dm")
     with pytest.raises(ConflictError, match=f"!control is the control room of {ALICE}"):
-        await store.set_portal_room(BOB, 200000, "!control")
-    assert (await store.get_portal(BOB, 200000)).room_id is None  # type: ignore[union-attr]
-    await store.forget_portal_room(ALICE, 100000)
-    assert (await store.set_portal_room(BOB, 200000, "!dm")).room_id == "!dm"  # free again
+        await store.portals.set_room(BOB, 200000, "!control")
+    assert (await store.portals.get(BOB, 200000)).room_id is None  # type: ignore[union-attr]
+    await store.portals.forget_room(ALICE, 100000)
+    assert (await store.portals.set_room(BOB, 200000, "!dm")).room_id == "!dm"  # free again
 
 
 async def test_portal_mistakes(users: Store) -> None:
     store = users
     with pytest.raises(NotFoundError, match="no bridge user @carol"):
-        await store.claim_portal("@carol:example.org", 123456, stranger=False)
+        await store.portals.claim("@carol:example.org", 123456, stranger=False)
     for action in (
-        store.set_portal_room(ALICE, 123456, "!r"),
-        store.set_portal_stranger(ALICE, 123456, True),
-        store.forget_portal_room(ALICE, 123456),
+        store.portals.set_room(ALICE, 123456, "!r"),
+        store.portals.set_stranger(ALICE, 123456, True),
+        store.portals.forget_room(ALICE, 123456),
     ):
         with pytest.raises(NotFoundError, match=f"no portal of {ALICE} with 123456"):
             await action
     with pytest.raises(InvalidValueError):
-        await store.claim_portal(ALICE, 123456, stranger=1)  # type: ignore[arg-type]
+        await store.portals.claim(ALICE, 123456, stranger=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError):
-        await store.claim_portal(ALICE, 99, stranger=False)
+        await store.portals.claim(ALICE, 99, stranger=False)
     with pytest.raises(InvalidValueError):
-        await store.get_portal_by_room("")
-    assert await store.list_portals(ALICE) == []
+        await store.portals.by_room("")
+    assert await store.portals.of_owner(ALICE) == []
 
 
 async def test_concurrent_claims_create_one_portal(open_store: OpenStore) -> None:
     first, second = await open_store(), await open_store()
-    await first.upsert_user(ALICE)
+    await first.users.upsert(ALICE)
     results = await asyncio.gather(
-        *(s.claim_portal(ALICE, 123456, stranger=False) for _ in range(10) for s in (first, second))
+        *(s.portals.claim(ALICE, 123456, stranger=False) for _ in range(10) for s in (first, second))
     )
     assert sum(created for _, created in results) == 1
     assert len({portal for portal, _ in results}) == 1
@@ -165,13 +165,13 @@ async def test_concurrent_claims_create_one_portal(open_store: OpenStore) -> Non
 
 async def test_portals_survive_a_restart(open_store: OpenStore) -> None:
     store = await open_store()
-    await store.upsert_user(ALICE)
-    await store.claim_portal(ALICE, 123456, stranger=True)
-    before = await store.set_portal_room(ALICE, 123456, "!dm")
+    await store.users.upsert(ALICE)
+    await store.portals.claim(ALICE, 123456, stranger=True)
+    before = await store.portals.set_room(ALICE, 123456, "!dm")
     await store.close()
     store = await open_store()
-    assert await store.get_portal_by_room("!dm") == before
-    assert (await store.claim_portal(ALICE, 123456, stranger=False)) == (before, False)
+    assert await store.portals.by_room("!dm") == before
+    assert (await store.portals.claim(ALICE, 123456, stranger=False)) == (before, False)
 
 
 # -- friend requests ------------------------------------------------------------------
@@ -179,37 +179,37 @@ async def test_portals_survive_a_restart(open_store: OpenStore) -> None:
 
 async def test_friend_request_lifecycle(users: Store, clock: FakeClock) -> None:
     store = users
-    assert await store.get_friend_request(ALICE, 123456) is None
-    request = await store.add_friend_request(ALICE, 123456, "我是小明")  # MT=2
+    assert await store.friend_requests.get(ALICE, 123456) is None
+    request = await store.friend_requests.add(ALICE, 123456, "我是小明")  # MT=2
     assert request.state == FriendRequestState.PENDING and request.reason == "我是小明"
     assert (request.prompt_room_id, request.prompt_event_id, request.answered_at) == (None, None, None)
     assert request.created_at == T0
 
-    request = await store.set_friend_request_prompt(ALICE, 123456, "!control", "$prompt1")
+    request = await store.friend_requests.set_prompt(ALICE, 123456, "!control", "$prompt1")
     assert (request.prompt_room_id, request.prompt_event_id) == ("!control", "$prompt1")
-    assert await store.get_friend_request_by_prompt("$prompt1") == request  # a ✅ reaction on it
-    assert await store.get_friend_request(ALICE, 123456) == request
+    assert await store.friend_requests.by_prompt("$prompt1") == request  # a ✅ reaction on it
+    assert await store.friend_requests.get(ALICE, 123456) == request
 
     clock.advance(5)
-    answered = await store.answer_friend_request(ALICE, 123456, FriendRequestState.ACCEPTED)
+    answered = await store.friend_requests.answer(ALICE, 123456, FriendRequestState.ACCEPTED)
     assert answered.state == "accepted" and answered.answered_at == T0 + 5000
     assert answered.prompt_event_id == "$prompt1"  # the prompt is then updated with the outcome
-    assert await store.pending_friend_requests(ALICE) == []
+    assert await store.friend_requests.pending(ALICE) == []
 
     # Answering again (`accept` and a ✅ racing, or `reject` afterwards): refused, unchanged.
     for state in ("accepted", "rejected"):
         with pytest.raises(ConflictError, match="the friend request from 123456 was already accepted"):
-            await store.answer_friend_request(ALICE, 123456, state)
-    assert await store.get_friend_request(ALICE, 123456) == answered
+            await store.friend_requests.answer(ALICE, 123456, state)
+    assert await store.friend_requests.get(ALICE, 123456) == answered
 
 
 async def test_a_new_request_reopens_an_old_one(users: Store, clock: FakeClock) -> None:
     store = users
-    await store.add_friend_request(ALICE, 123456, "first")
-    await store.set_friend_request_prompt(ALICE, 123456, "!control", "$p1")
-    await store.answer_friend_request(ALICE, 123456, "rejected")
+    await store.friend_requests.add(ALICE, 123456, "first")
+    await store.friend_requests.set_prompt(ALICE, 123456, "!control", "$p1")
+    await store.friend_requests.answer(ALICE, 123456, "rejected")
     clock.advance(60)
-    again = await store.add_friend_request(ALICE, 123456, "second try")
+    again = await store.friend_requests.add(ALICE, 123456, "second try")
     assert (again.state, again.reason, again.created_at, again.answered_at) == (
         "pending",
         "second try",
@@ -217,73 +217,73 @@ async def test_a_new_request_reopens_an_old_one(users: Store, clock: FakeClock) 
         None,
     )
     assert (again.prompt_room_id, again.prompt_event_id) == (None, None)
-    assert await store.get_friend_request_by_prompt("$p1") is None
+    assert await store.friend_requests.by_prompt("$p1") is None
     # And while still pending: the newer reason wins, the old prompt is dropped.
-    await store.set_friend_request_prompt(ALICE, 123456, "!control", "$p2")
-    again = await store.add_friend_request(ALICE, 123456, "")  # no reason given
+    await store.friend_requests.set_prompt(ALICE, 123456, "!control", "$p2")
+    again = await store.friend_requests.add(ALICE, 123456, "")  # no reason given
     assert (again.state, again.reason, again.prompt_event_id) == ("pending", "", None)
-    assert (await store.answer_friend_request(ALICE, 123456, "accepted")).state == "accepted"
+    assert (await store.friend_requests.answer(ALICE, 123456, "accepted")).state == "accepted"
 
 
 async def test_pending_requests_oldest_first_and_per_user(users: Store, clock: FakeClock) -> None:
     store = users
-    await store.add_friend_request(ALICE, 300000, "c")
+    await store.friend_requests.add(ALICE, 300000, "c")
     clock.advance(1)
-    await store.add_friend_request(ALICE, 200000, "b")
-    await store.add_friend_request(ALICE, 100000, "a")  # same time as b: by uin
-    await store.add_friend_request(BOB, 300000, "to bob")
-    await store.answer_friend_request(ALICE, 200000, "rejected")
-    assert [r.from_uin for r in await store.pending_friend_requests(ALICE)] == [300000, 100000]
-    assert [(r.owner_mxid, r.reason) for r in await store.pending_friend_requests(BOB)] == [(BOB, "to bob")]
+    await store.friend_requests.add(ALICE, 200000, "b")
+    await store.friend_requests.add(ALICE, 100000, "a")  # same time as b: by uin
+    await store.friend_requests.add(BOB, 300000, "to bob")
+    await store.friend_requests.answer(ALICE, 200000, "rejected")
+    assert [r.from_uin for r in await store.friend_requests.pending(ALICE)] == [300000, 100000]
+    assert [(r.owner_mxid, r.reason) for r in await store.friend_requests.pending(BOB)] == [(BOB, "to bob")]
 
 
 async def test_pending_requests_survive_a_restart(open_store: OpenStore) -> None:
     store = await open_store()
-    await store.upsert_user(ALICE)
-    await store.add_friend_request(ALICE, 123456, "hi")
-    before = await store.set_friend_request_prompt(ALICE, 123456, "!control", "$p")
+    await store.users.upsert(ALICE)
+    await store.friend_requests.add(ALICE, 123456, "hi")
+    before = await store.friend_requests.set_prompt(ALICE, 123456, "!control", "$p")
     await store.close()
     store = await open_store()
-    assert await store.pending_friend_requests(ALICE) == [before]
-    assert await store.get_friend_request_by_prompt("$p") == before
+    assert await store.friend_requests.pending(ALICE) == [before]
+    assert await store.friend_requests.by_prompt("$p") == before
 
 
 async def test_friend_request_mistakes(users: Store) -> None:
     store = users
     with pytest.raises(NotFoundError, match="no bridge user @carol"):
-        await store.add_friend_request("@carol:example.org", 123456, "hi")
+        await store.friend_requests.add("@carol:example.org", 123456, "hi")
     with pytest.raises(NotFoundError, match=f"no friend request from 123456 to {ALICE}"):
-        await store.answer_friend_request(ALICE, 123456, "accepted")
+        await store.friend_requests.answer(ALICE, 123456, "accepted")
     with pytest.raises(NotFoundError, match=f"no friend request from 123456 to {ALICE}"):
-        await store.set_friend_request_prompt(ALICE, 123456, "!control", "$p")
-    await store.add_friend_request(ALICE, 123456, "hi")
+        await store.friend_requests.set_prompt(ALICE, 123456, "!control", "$p")
+    await store.friend_requests.add(ALICE, 123456, "hi")
     for state in ("pending", "maybe", "", None):
         with pytest.raises(InvalidValueError, match="'accepted' or 'rejected'"):
-            await store.answer_friend_request(ALICE, 123456, state)  # type: ignore[arg-type]
+            await store.friend_requests.answer(ALICE, 123456, state)  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError):
-        await store.add_friend_request(ALICE, 123456, None)  # type: ignore[arg-type]
+        await store.friend_requests.add(ALICE, 123456, None)  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError):
-        await store.add_friend_request(ALICE, 5, "hi")
+        await store.friend_requests.add(ALICE, 5, "hi")
     # One prompt asks about one request.
-    await store.add_friend_request(ALICE, 200000, "hello")
-    await store.set_friend_request_prompt(ALICE, 123456, "!control", "$p")
+    await store.friend_requests.add(ALICE, 200000, "hello")
+    await store.friend_requests.set_prompt(ALICE, 123456, "!control", "$p")
     with pytest.raises(ConflictError, match="already the prompt for the request from 123456"):
-        await store.set_friend_request_prompt(ALICE, 200000, "!control", "$p")
-    assert (await store.get_friend_request(ALICE, 123456)).state == "pending"  # type: ignore[union-attr]
+        await store.friend_requests.set_prompt(ALICE, 200000, "!control", "$p")
+    assert (await store.friend_requests.get(ALICE, 123456)).state == "pending"  # type: ignore[union-attr]
 
 
 async def test_concurrent_answers_one_wins(open_store: OpenStore) -> None:
     first, second = await open_store(), await open_store()
-    await first.upsert_user(ALICE)
-    await first.add_friend_request(ALICE, 123456, "hi")
+    await first.users.upsert(ALICE)
+    await first.friend_requests.add(ALICE, 123456, "hi")
     results = await asyncio.gather(
-        first.answer_friend_request(ALICE, 123456, "accepted"),
-        second.answer_friend_request(ALICE, 123456, "rejected"),
+        first.friend_requests.answer(ALICE, 123456, "accepted"),
+        second.friend_requests.answer(ALICE, 123456, "rejected"),
         return_exceptions=True,
     )
     assert sum(isinstance(r, ConflictError) for r in results) == 1
     winner = next(r for r in results if not isinstance(r, BaseException))
-    assert await first.get_friend_request(ALICE, 123456) == winner
+    assert await first.friend_requests.get(ALICE, 123456) == winner
 
 
 # -- the owner's rows go with the owner -----------------------------------------------
@@ -292,11 +292,11 @@ async def test_concurrent_answers_one_wins(open_store: OpenStore) -> None:
 async def test_deleting_a_user_deletes_their_rows(users: Store) -> None:
     store = users
     for owner in (ALICE, BOB):
-        await store.claim_portal(owner, 123456, stranger=False)
-        await store.add_friend_request(owner, 123456, "hi")
-        await store.store_inbound(owner, 200000, 7, [(9, 123456, "hello")])
-        await store.enqueue_outgoing(owner, f"!dm-{owner}", f"$ev-{owner}", 123456, ["hi"])
-    await store.upsert_puppet(123456, nick="n")
+        await store.portals.claim(owner, 123456, stranger=False)
+        await store.friend_requests.add(owner, 123456, "hi")
+        await store.inbound.add_batch(owner, 200000, 7, [(9, 123456, "hello")])
+        await store.outbox.enqueue(owner, f"!dm-{owner}", f"$ev-{owner}", 123456, ["hi"])
+    await store.puppets.upsert(123456, nick="n")
 
     # No store method deletes a user today; the schema makes sure nothing of theirs is
     # left behind when one is.
@@ -305,4 +305,4 @@ async def test_deleting_a_user_deletes_their_rows(users: Store) -> None:
         column = "mxid" if table.startswith("qq_seq") else "owner_mxid"
         owners = await store.db.fetch(f"SELECT DISTINCT {column} AS owner FROM {table}")
         assert owners == [{"owner": BOB}], table
-    assert await store.get_puppet(123456) is not None  # a puppet is nobody's
+    assert await store.puppets.get(123456) is not None  # a puppet is nobody's

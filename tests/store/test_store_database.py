@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from qqbridge.store import ConflictError, Store, StoreConnectionError, StoreError
-from qqbridge.store.database import Database, connect, parse_url, redact_url, to_sqlite
+from qqbridge.store.connect import connect
+from qqbridge.store.database import Database, parse_url, redact_url, to_sqlite
 
 # -- pure functions ---------------------------------------------------------------
 

@@ -53,7 +53,7 @@ async def test_a_current_schema(raw_db: Database, db_url: str) -> None:
 async def test_the_sqlite_files_are_left_as_they_were(tmp_path: Path) -> None:
     """A WAL database closed cleanly has no -wal or -shm file; reading it read-only
     must not leave them behind (SQLite's mode=ro would)."""
-    from qqbridge.store.database import connect
+    from qqbridge.store.connect import connect
 
     path = tmp_path / "bridge.db"
     db = await connect(str(path))

@@ -32,8 +32,8 @@ BATCH = [(9, 123456, "你好"), (99, 123456, "30"), (2, 654321, "let me in"), (3
 
 @pytest.fixture
 async def users(store: Store) -> Store:
-    await store.upsert_user(ALICE)
-    await store.upsert_user(BOB)
+    await store.users.upsert(ALICE)
+    await store.users.upsert(BOB)
     return store
 
 
@@ -62,8 +62,8 @@ async def refuse_inserts(store: Store, backend: str, table: str, condition: str)
 
 async def test_a_fetched_batch_is_stored_in_order(users: Store) -> None:
     store = users
-    assert await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH) == 4
-    pending = await store.pending_inbound()
+    assert await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH) == 4
+    pending = await store.inbound.pending()
     assert [(m.kind, m.sender_uin, m.content) for m in pending] == BATCH
     assert [m.idx for m in pending] == [0, 1, 2, 3]
     assert [m.inbound_id for m in pending] == sorted(m.inbound_id for m in pending)
@@ -71,37 +71,37 @@ async def test_a_fetched_batch_is_stored_in_order(users: Store) -> None:
     assert (first.owner_mxid, first.account_uin, first.getmsg_seq) == (ALICE, ALICE_QQ, 42)
     assert first.state == InboundState.PENDING and first.fetched_at == T0
     assert (first.matrix_event_id, first.error, first.relayed_at) == (None, None, None)
-    assert await store.count_pending_inbound() == 4
-    assert await store.inbound_batch_stored(ALICE, 42) is True
-    assert await store.inbound_batch_stored(ALICE, 43) is False
-    assert await store.inbound_batch_stored(BOB, 42) is False
+    assert await store.inbound.count_pending() == 4
+    assert await store.inbound.batch_stored(ALICE, 42) is True
+    assert await store.inbound.batch_stored(ALICE, 43) is False
+    assert await store.inbound.batch_stored(BOB, 42) is False
 
 
 async def test_a_batch_fetched_again_is_stored_once(open_store: OpenStore) -> None:
     store = await open_store()
-    await store.upsert_user(ALICE)
-    assert await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH) == 4
-    assert await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH) == 0  # the retry's same reply
-    await store.mark_inbound_relayed((await store.pending_inbound())[0].inbound_id, "$relayed")
+    await store.users.upsert(ALICE)
+    assert await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH) == 4
+    assert await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH) == 0  # the retry's same reply
+    await store.inbound.mark_relayed((await store.inbound.pending())[0].inbound_id, "$relayed")
     await store.close()  # crash: the poller retries the SEQ it had stored
 
     store = await open_store()
-    assert await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH) == 0
+    assert await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH) == 0
     assert await rows_in(store, "qq_inbound") == 4
-    assert [m.idx for m in await store.pending_inbound()] == [1, 2, 3]  # relayed stays relayed
+    assert [m.idx for m in await store.inbound.pending()] == [1, 2, 3]  # relayed stays relayed
     # Only what is not there yet is added; the same SEQ of another user is another reply.
-    assert await store.store_inbound(ALICE, ALICE_QQ, 42, [*BATCH, (9, 123456, "more")]) == 1
-    await store.upsert_user(BOB)
-    assert await store.store_inbound(BOB, BOB_QQ, 42, BATCH) == 4
+    assert await store.inbound.add_batch(ALICE, ALICE_QQ, 42, [*BATCH, (9, 123456, "more")]) == 1
+    await store.users.upsert(BOB)
+    assert await store.inbound.add_batch(BOB, BOB_QQ, 42, BATCH) == 4
 
 
 async def test_a_reused_seq_with_other_messages_is_refused(users: Store) -> None:
     # The server forgets a SEQ after 10 minutes; a retry after that fetches *new*
     # messages under the old SEQ. Skipping them as "already stored" would lose them.
     store = users
-    await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH[:2])
+    await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH[:2])
     with pytest.raises(ConflictError, match=f"SEQ 42 of {ALICE} was stored before with other messages"):
-        await store.store_inbound(ALICE, ALICE_QQ, 42, [BATCH[0], (9, 123456, "new"), (9, 123456, "newer")])
+        await store.inbound.add_batch(ALICE, ALICE_QQ, 42, [BATCH[0], (9, 123456, "new"), (9, 123456, "newer")])
     assert await rows_in(store, "qq_inbound") == 2  # all or nothing
 
 
@@ -109,25 +109,25 @@ async def test_a_database_failure_stores_nothing_of_the_batch(users: Store, back
     store = users
     await refuse_inserts(store, backend, "qq_inbound", "row.idx = 2")
     with pytest.raises(StoreError, match="refused by test trigger"):
-        await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH)
+        await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH)
     assert await rows_in(store, "qq_inbound") == 0
-    assert await store.inbound_batch_stored(ALICE, 42) is False  # so the poller retries it
+    assert await store.inbound.batch_stored(ALICE, 42) is False  # so the poller retries it
 
 
 async def test_inbound_text_is_kept_as_it_came(users: Store) -> None:
     store = users
     odd = "tab\t, comma, emoji \U0001f600, NUL \x00 end"
     unknown_kind = (12345, 0, "whatever MT=12345 carried")  # unreadable: stored, to be reported
-    assert await store.store_inbound(ALICE, ALICE_QQ, SEQ_MAX, [(9, 123456, odd), unknown_kind]) == 2
-    text, unknown = await store.pending_inbound()
+    assert await store.inbound.add_batch(ALICE, ALICE_QQ, SEQ_MAX, [(9, 123456, odd), unknown_kind]) == 2
+    text, unknown = await store.inbound.pending()
     assert text.content == "tab\t, comma, emoji \U0001f600, NUL \\x00 end"  # NUL: PostgreSQL cannot
     assert (unknown.kind, unknown.sender_uin, unknown.content) == unknown_kind
     assert text.getmsg_seq == SEQ_MAX
 
 
 async def test_an_empty_batch_stores_nothing(users: Store) -> None:
-    assert await users.store_inbound(ALICE, ALICE_QQ, 42, []) == 0
-    assert await users.inbound_batch_stored(ALICE, 42) is False
+    assert await users.inbound.add_batch(ALICE, ALICE_QQ, 42, []) == 0
+    assert await users.inbound.batch_stored(ALICE, 42) is False
 
 
 @pytest.mark.parametrize(
@@ -147,21 +147,21 @@ async def test_an_empty_batch_stores_nothing(users: Store) -> None:
 )
 async def test_bad_batches_are_refused(users: Store, args: tuple, match: str) -> None:
     with pytest.raises(InvalidValueError, match=match):
-        await users.store_inbound(*args)
+        await users.inbound.add_batch(*args)
     assert await rows_in(users, "qq_inbound") == 0
 
 
 async def test_inbound_needs_a_known_user(store: Store) -> None:
     with pytest.raises(NotFoundError, match=ALICE):
-        await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH)
+        await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH)
 
 
 async def test_pending_inbound_per_user_in_order(users: Store) -> None:
     store = users
-    await store.store_inbound(ALICE, ALICE_QQ, 50, BATCH[:2])
-    await store.store_inbound(BOB, BOB_QQ, 7, BATCH[2:])
-    await store.store_inbound(ALICE, ALICE_QQ, 49, BATCH[2:3])  # a lower SEQ, fetched later
-    everyone = await store.pending_inbound()
+    await store.inbound.add_batch(ALICE, ALICE_QQ, 50, BATCH[:2])
+    await store.inbound.add_batch(BOB, BOB_QQ, 7, BATCH[2:])
+    await store.inbound.add_batch(ALICE, ALICE_QQ, 49, BATCH[2:3])  # a lower SEQ, fetched later
+    everyone = await store.inbound.pending()
     assert [(m.owner_mxid, m.getmsg_seq, m.idx) for m in everyone] == [
         (ALICE, 50, 0),
         (ALICE, 50, 1),
@@ -169,39 +169,39 @@ async def test_pending_inbound_per_user_in_order(users: Store) -> None:
         (BOB, 7, 1),
         (ALICE, 49, 0),
     ]
-    assert [m.getmsg_seq for m in await store.pending_inbound(ALICE)] == [50, 50, 49]
-    assert [m.idx for m in await store.pending_inbound(ALICE, limit=2)] == [0, 1]
-    assert (await store.count_pending_inbound(ALICE), await store.count_pending_inbound(BOB)) == (3, 2)
-    assert await store.count_pending_inbound("@nobody:example.org") == 0
+    assert [m.getmsg_seq for m in await store.inbound.pending(ALICE)] == [50, 50, 49]
+    assert [m.idx for m in await store.inbound.pending(ALICE, limit=2)] == [0, 1]
+    assert (await store.inbound.count_pending(ALICE), await store.inbound.count_pending(BOB)) == (3, 2)
+    assert await store.inbound.count_pending("@nobody:example.org") == 0
     with pytest.raises(InvalidValueError, match="limit"):
-        await store.pending_inbound(limit=0)
+        await store.inbound.pending(limit=0)
 
 
 async def test_relayed_and_failed(users: Store, clock: FakeClock) -> None:
     store = users
-    await store.store_inbound(ALICE, ALICE_QQ, 42, BATCH)
-    first, second, third, _ = await store.pending_inbound()
+    await store.inbound.add_batch(ALICE, ALICE_QQ, 42, BATCH)
+    first, second, third, _ = await store.inbound.pending()
     clock.advance(3)
-    relayed = await store.mark_inbound_relayed(first.inbound_id, "$posted")
+    relayed = await store.inbound.mark_relayed(first.inbound_id, "$posted")
     assert (relayed.state, relayed.matrix_event_id, relayed.relayed_at) == ("relayed", "$posted", T0 + 3000)
-    failed = await store.mark_inbound_failed(second.inbound_id, "M_FORBIDDEN \x00")
+    failed = await store.inbound.mark_failed(second.inbound_id, "M_FORBIDDEN \x00")
     assert (failed.state, failed.error, failed.relayed_at) == (InboundState.FAILED, "M_FORBIDDEN \\x00", None)
-    assert [m.inbound_id for m in await store.pending_inbound()] == [third.inbound_id, third.inbound_id + 1]
-    assert await store.count_pending_inbound() == 2
+    assert [m.inbound_id for m in await store.inbound.pending()] == [third.inbound_id, third.inbound_id + 1]
+    assert await store.inbound.count_pending() == 2
 
     # Marked again as it is (a retry after a crash): nothing changes. Otherwise: refused.
-    assert await store.mark_inbound_relayed(first.inbound_id, "$posted-again") == relayed
-    assert await store.mark_inbound_failed(second.inbound_id, "other") == failed
+    assert await store.inbound.mark_relayed(first.inbound_id, "$posted-again") == relayed
+    assert await store.inbound.mark_failed(second.inbound_id, "other") == failed
     with pytest.raises(ConflictError, match=f"inbound message {first.inbound_id} is already relayed"):
-        await store.mark_inbound_failed(first.inbound_id, "late")
+        await store.inbound.mark_failed(first.inbound_id, "late")
     with pytest.raises(ConflictError, match="is already failed, it cannot become relayed"):
-        await store.mark_inbound_relayed(second.inbound_id, "$late")
+        await store.inbound.mark_relayed(second.inbound_id, "$late")
     with pytest.raises(NotFoundError, match="no inbound message 999999"):
-        await store.mark_inbound_relayed(999_999, "$x")
+        await store.inbound.mark_relayed(999_999, "$x")
     with pytest.raises(InvalidValueError):
-        await store.mark_inbound_relayed(third.inbound_id, "")
+        await store.inbound.mark_relayed(third.inbound_id, "")
     with pytest.raises(InvalidValueError):
-        await store.mark_inbound_failed("1", "x")  # type: ignore[arg-type]
+        await store.inbound.mark_failed("1", "x")  # type: ignore[arg-type]
 
 
 # -- Matrix -> QQ ---------------------------------------------------------------------
@@ -209,9 +209,9 @@ async def test_relayed_and_failed(users: Store, clock: FakeClock) -> None:
 
 async def test_enqueued_parts_get_increasing_stored_seqs(open_store: OpenStore) -> None:
     store = await open_store()
-    await store.upsert_user(ALICE)
-    before = await store.next_seq(ALICE, "getmsg")
-    parts = await store.enqueue_outgoing(ALICE, "!dm", "$long", 123456, ["part one", "part two", "part three"])
+    await store.users.upsert(ALICE)
+    before = await store.seqs.next(ALICE, "getmsg")
+    parts = await store.outbox.enqueue(ALICE, "!dm", "$long", 123456, ["part one", "part two", "part three"])
     assert [p.part for p in parts] == [0, 1, 2]
     assert [p.text for p in parts] == ["part one", "part two", "part three"]
     assert [p.seq for p in parts] == [before + 1, before + 2, before + 3]  # the user's one counter
@@ -220,63 +220,63 @@ async def test_enqueued_parts_get_increasing_stored_seqs(open_store: OpenStore) 
     assert (first.owner_mxid, first.room_id, first.event_id, first.target_uin) == (ALICE, "!dm", "$long", 123456)
     assert (first.state, first.attempts, first.error, first.sent_at) == (OutboxState.PENDING, 0, None, None)
     assert first.created_at == T0
-    assert await store.last_seq(ALICE, CLTMSG_PURPOSE) == before + 3
+    assert await store.seqs.last(ALICE, CLTMSG_PURPOSE) == before + 3
     await store.close()  # crash before CLTMSG
 
     store = await open_store()
-    assert await store.pending_outgoing() == parts  # resent with the same SEQs
-    assert await store.get_outgoing_by_event("$long") == parts
-    assert await store.next_seq(ALICE, "getmsg") == before + 4  # never reused
+    assert await store.outbox.pending() == parts  # resent with the same SEQs
+    assert await store.outbox.by_event("$long") == parts
+    assert await store.seqs.next(ALICE, "getmsg") == before + 4  # never reused
 
 
 async def test_a_repeated_event_is_queued_once(open_store: OpenStore) -> None:
     store = await open_store()
-    await store.upsert_user(ALICE)
-    parts = await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a", "b"])
+    await store.users.upsert(ALICE)
+    parts = await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a", "b"])
     # The same event handled again, even split differently: the stored rows, no new SEQ.
-    assert await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a", "b"]) == parts
-    assert await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["ab"]) == parts
+    assert await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a", "b"]) == parts
+    assert await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["ab"]) == parts
     await store.close()
     store = await open_store()
-    assert await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a", "b"]) == parts
+    assert await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a", "b"]) == parts
     assert await rows_in(store, "outbox") == 2
-    assert await store.last_seq(ALICE, CLTMSG_PURPOSE) == parts[-1].seq
+    assert await store.seqs.last(ALICE, CLTMSG_PURPOSE) == parts[-1].seq
     # Sent ones too: a redelivered event is not sent again.
-    await store.mark_outgoing_sent(parts[0].outbox_id)
-    again = await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a", "b"])
+    await store.outbox.mark_sent(parts[0].outbox_id)
+    again = await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a", "b"])
     assert [p.state for p in again] == ["sent", "pending"]
 
 
 async def test_an_event_belongs_to_one_conversation(users: Store) -> None:
     store = users
-    await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a"])
+    await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a"])
     for owner, room, target in ((BOB, "!dm", 123456), (ALICE, "!other", 123456), (ALICE, "!dm", 654321)):
         with pytest.raises(ConflictError, match=rf"event \$e is already queued for {ALICE} in !dm to 123456"):
-            await store.enqueue_outgoing(owner, room, "$e", target, ["a"])
+            await store.outbox.enqueue(owner, room, "$e", target, ["a"])
 
 
 async def test_concurrent_enqueues_of_one_event_store_it_once(open_store: OpenStore) -> None:
     first, second = await open_store(), await open_store()
-    await first.upsert_user(ALICE)
+    await first.users.upsert(ALICE)
     results = await asyncio.gather(
-        *(s.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a", "b"]) for _ in range(5) for s in (first, second))
+        *(s.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a", "b"]) for _ in range(5) for s in (first, second))
     )
     assert all(r == results[0] for r in results)
     assert await rows_in(first, "outbox") == 2
     # The losers' SEQs were rolled back with the rest of their transactions.
-    assert await first.last_seq(ALICE, CLTMSG_PURPOSE) == results[0][1].seq
-    assert await first.next_seq(ALICE, "x") == results[0][1].seq + 1
+    assert await first.seqs.last(ALICE, CLTMSG_PURPOSE) == results[0][1].seq
+    assert await first.seqs.next(ALICE, "x") == results[0][1].seq + 1
 
 
 async def test_a_database_failure_queues_nothing_and_issues_no_seq(users: Store, backend: str) -> None:
     store = users
-    last = await store.next_seq(ALICE, "getmsg")
+    last = await store.seqs.next(ALICE, "getmsg")
     await refuse_inserts(store, backend, "outbox", "row.part = 1")
     with pytest.raises(StoreError, match="refused by test trigger"):
-        await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["a", "b", "c"])
+        await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["a", "b", "c"])
     assert await rows_in(store, "outbox") == 0
-    assert await store.last_seq(ALICE, CLTMSG_PURPOSE) is None
-    assert await store.next_seq(ALICE, "getmsg") == last + 1
+    assert await store.seqs.last(ALICE, CLTMSG_PURPOSE) is None
+    assert await store.seqs.next(ALICE, "getmsg") == last + 1
 
 
 @pytest.mark.parametrize(
@@ -294,70 +294,70 @@ async def test_a_database_failure_queues_nothing_and_issues_no_seq(users: Store,
 )
 async def test_bad_outgoing_is_refused(users: Store, args: tuple, error: type[Exception]) -> None:
     with pytest.raises(error):
-        await users.enqueue_outgoing(*args)
+        await users.outbox.enqueue(*args)
     assert await rows_in(users, "outbox") == 0
     assert await users.db.fetchval("SELECT COUNT(*) FROM qq_seq") == 0  # no SEQ spent
 
 
 async def test_pending_outgoing_in_order_per_user(users: Store) -> None:
     store = users
-    a1 = await store.enqueue_outgoing(ALICE, "!a", "$a1", 123456, ["1", "2"])
-    b1 = await store.enqueue_outgoing(BOB, "!b", "$b1", 123456, ["x"])
-    a2 = await store.enqueue_outgoing(ALICE, "!a2", "$a2", 654321, ["3"])
-    assert await store.pending_outgoing() == [*a1, *b1, *a2]
-    assert await store.pending_outgoing(ALICE) == [*a1, *a2]
-    assert await store.pending_outgoing(ALICE, limit=1) == a1[:1]
-    assert (await store.count_pending_outgoing(), await store.count_pending_outgoing(BOB)) == (4, 1)
-    assert await store.get_outgoing_by_event("$never") == []
+    a1 = await store.outbox.enqueue(ALICE, "!a", "$a1", 123456, ["1", "2"])
+    b1 = await store.outbox.enqueue(BOB, "!b", "$b1", 123456, ["x"])
+    a2 = await store.outbox.enqueue(ALICE, "!a2", "$a2", 654321, ["3"])
+    assert await store.outbox.pending() == [*a1, *b1, *a2]
+    assert await store.outbox.pending(ALICE) == [*a1, *a2]
+    assert await store.outbox.pending(ALICE, limit=1) == a1[:1]
+    assert (await store.outbox.count_pending(), await store.outbox.count_pending(BOB)) == (4, 1)
+    assert await store.outbox.by_event("$never") == []
 
 
 async def test_attempts_sent_and_failed(users: Store, clock: FakeClock) -> None:
     store = users
-    one, two, three = await store.enqueue_outgoing(ALICE, "!dm", "$e", 123456, ["1", "2", "3"])
-    noted = await store.note_outgoing_attempt(one.outbox_id, "QQ: too fast (RES=3)")
+    one, two, three = await store.outbox.enqueue(ALICE, "!dm", "$e", 123456, ["1", "2", "3"])
+    noted = await store.outbox.note_attempt(one.outbox_id, "QQ: too fast (RES=3)")
     assert (noted.attempts, noted.error, noted.state) == (1, "QQ: too fast (RES=3)", "pending")
-    noted = await store.note_outgoing_attempt(one.outbox_id, None)  # no new reason: the last one stays
+    noted = await store.outbox.note_attempt(one.outbox_id, None)  # no new reason: the last one stays
     assert (noted.attempts, noted.error) == (2, "QQ: too fast (RES=3)")
-    noted = await store.note_outgoing_attempt(one.outbox_id, "timeout")
+    noted = await store.outbox.note_attempt(one.outbox_id, "timeout")
     assert (noted.attempts, noted.error, noted.seq) == (3, "timeout", one.seq)  # same SEQ on every try
 
     clock.advance(2)
-    sent = await store.mark_outgoing_sent(one.outbox_id)
+    sent = await store.outbox.mark_sent(one.outbox_id)
     assert (sent.state, sent.sent_at, sent.attempts) == (OutboxState.SENT, T0 + 2000, 3)
-    failed = await store.mark_outgoing_failed(two.outbox_id, "QQ refused this message")
+    failed = await store.outbox.mark_failed(two.outbox_id, "QQ refused this message")
     assert (failed.state, failed.error, failed.sent_at) == ("failed", "QQ refused this message", None)
-    assert await store.pending_outgoing() == [three]
-    assert await store.count_pending_outgoing(ALICE) == 1
+    assert await store.outbox.pending() == [three]
+    assert await store.outbox.count_pending(ALICE) == 1
 
-    assert await store.mark_outgoing_sent(one.outbox_id) == sent  # again: nothing changes
+    assert await store.outbox.mark_sent(one.outbox_id) == sent  # again: nothing changes
     with pytest.raises(ConflictError, match=f"outgoing message {one.outbox_id} is already sent"):
-        await store.mark_outgoing_failed(one.outbox_id, "late")
+        await store.outbox.mark_failed(one.outbox_id, "late")
     with pytest.raises(ConflictError, match="is already failed"):
-        await store.mark_outgoing_sent(two.outbox_id)
+        await store.outbox.mark_sent(two.outbox_id)
     with pytest.raises(ConflictError, match=f"outgoing message {one.outbox_id} is sent, not pending"):
-        await store.note_outgoing_attempt(one.outbox_id, "late")
+        await store.outbox.note_attempt(one.outbox_id, "late")
     for action in (
-        store.mark_outgoing_sent(999_999),
-        store.mark_outgoing_failed(999_999, "x"),
-        store.note_outgoing_attempt(999_999, None),
+        store.outbox.mark_sent(999_999),
+        store.outbox.mark_failed(999_999, "x"),
+        store.outbox.note_attempt(999_999, None),
     ):
         with pytest.raises(NotFoundError, match="no outgoing message 999999"):
             await action
     with pytest.raises(InvalidValueError):
-        await store.mark_outgoing_sent(0)
-    assert [p.state for p in await store.get_outgoing_by_event("$e")] == ["sent", "failed", "pending"]
+        await store.outbox.mark_sent(0)
+    assert [p.state for p in await store.outbox.by_event("$e")] == ["sent", "failed", "pending"]
 
 
 async def test_prune_forgets_delivered_messages_but_never_pending_ones(users: Store, clock: FakeClock) -> None:
     store = users
-    await store.store_inbound(ALICE, ALICE_QQ, 7, [(9, BOB_QQ, "relayed"), (9, BOB_QQ, "still pending")])
-    first, _ = await store.pending_inbound(ALICE)
-    await store.mark_inbound_relayed(first.inbound_id, "$shown")
-    sent, waiting = await store.enqueue_outgoing(ALICE, "!dm:x", "$out", BOB_QQ, ["sent", "waiting"])
-    await store.mark_outgoing_sent(sent.outbox_id)
+    await store.inbound.add_batch(ALICE, ALICE_QQ, 7, [(9, BOB_QQ, "relayed"), (9, BOB_QQ, "still pending")])
+    first, _ = await store.inbound.pending(ALICE)
+    await store.inbound.mark_relayed(first.inbound_id, "$shown")
+    sent, waiting = await store.outbox.enqueue(ALICE, "!dm:x", "$out", BOB_QQ, ["sent", "waiting"])
+    await store.outbox.mark_sent(sent.outbox_id)
     clock.advance(3600)
     result = await store.prune(older_than_seconds=60)
     assert (result.inbound, result.outgoing) == (1, 1)
-    assert [m.content for m in await store.pending_inbound(ALICE)] == ["still pending"]
-    assert [m.text for m in await store.pending_outgoing(ALICE)] == ["waiting"]
+    assert [m.content for m in await store.inbound.pending(ALICE)] == ["still pending"]
+    assert [m.text for m in await store.outbox.pending(ALICE)] == ["waiting"]
     assert (await store.prune(older_than_seconds=60)).inbound == 0

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from qqbridge.store import LATEST_VERSION, MigrationError, SchemaTooNewError, Store, seq
-from qqbridge.store.database import Database, connect
+from qqbridge.store.connect import connect
+from qqbridge.store.database import Database
 from qqbridge.store.migrations import MIGRATIONS, schema_version, upgrade
 
 OpenStore = Callable[[], Awaitable[Store]]
@@ -27,24 +28,24 @@ async def snapshot(db: Database, tables: list[str] = TABLES) -> dict[str, Any]:
 async def fill_v1(store: Store) -> None:
     """What a bridge of the first release stored. The user row is written as that
     release's table has it: today's store reads and writes columns added since."""
-    await store.record_transaction("txn1", [{"event_id": "$e1", "room_id": "!r", "sender": "@a:x", "type": "m.t"}])
+    await store.inbox.record_transaction("txn1", [{"event_id": "$e1", "room_id": "!r", "sender": "@a:x", "type": "m.t"}])
     await store.db.execute(
         "INSERT INTO bridge_user (mxid, control_room_id, qq_uin, password_md5, login_state, created_at, updated_at)"
         " VALUES ('@a:x', '!control', 123456, $1, 'logged_in', 1, 2)",
         "0" * 32,
     )
-    await store.set_state("k", "v")
+    await store.state.set("k", "v")
     await seq.issue(store.db, "@a:x", "GetMsgEx", 3, 1)
 
 
 async def fill(store: Store) -> None:
     await fill_v1(store)
-    await store.upsert_puppet(200000, nick="n", presence=10)
-    await store.claim_portal("@a:x", 200000, stranger=True)
-    await store.set_portal_room("@a:x", 200000, "!dm")
-    await store.store_inbound("@a:x", 123456, 5, [(9, 200000, "hi")])
-    await store.enqueue_outgoing("@a:x", "!dm", "$out", 200000, ["hello"])
-    await store.add_friend_request("@a:x", 300000, "please")
+    await store.puppets.upsert(200000, nick="n", presence=10)
+    await store.portals.claim("@a:x", 200000, stranger=True)
+    await store.portals.set_room("@a:x", 200000, "!dm")
+    await store.inbound.add_batch("@a:x", 123456, 5, [(9, 200000, "hi")])
+    await store.outbox.enqueue("@a:x", "!dm", "$out", 200000, ["hello"])
+    await store.friend_requests.add("@a:x", 300000, "please")
 
 
 async def test_empty_database_is_migrated_to_the_latest_version(store: Store) -> None:
@@ -103,10 +104,10 @@ async def test_a_version_1_database_is_upgraded_keeping_its_data(raw_db: Databas
         for table in V2_TABLES:
             assert await store.db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0
         # The new tables work with the old rows: the user's SEQ counter goes on.
-        last = await store.last_seq("@a:x", "GetMsgEx")
-        parts = await store.enqueue_outgoing("@a:x", "!dm", "$out", 200000, ["hello"])
+        last = await store.seqs.last("@a:x", "GetMsgEx")
+        parts = await store.outbox.enqueue("@a:x", "!dm", "$out", 200000, ["hello"])
         assert last is not None and parts[0].seq > last  # the counter goes on, never back
-        assert (await store.claim_portal("@a:x", 200000, stranger=False))[1] is True
+        assert (await store.portals.claim("@a:x", 200000, stranger=False))[1] is True
     finally:
         await store.close()
 

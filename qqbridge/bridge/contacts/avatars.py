@@ -148,12 +148,12 @@ class Avatars:
         """The mxc:// of a picture, drawn and uploaded the first time it is asked for."""
         assert self.media is not None
         async with self._drawing.setdefault(key, asyncio.Lock()):  # two puppets, one face: one upload
-            known = await self.store.get_state(key)
+            known = await self.store.state.get(key)
             if known:
                 return known
             mxc = await self.media.upload(draw(), "image/png", filename)
             self.uploads += 1
-            await self.store.set_state(key, mxc)
+            await self.store.state.set(key, mxc)
             log.info("picture uploaded", key=key, mxc=mxc)
             return mxc
 
@@ -175,10 +175,10 @@ class Avatars:
         try:
             mxc = await self.picture(key, draw, filename)
             shown = f"avatar:user:{mxid}"
-            if await self.store.get_state(shown) == mxc:
+            if await self.store.state.get(shown) == mxc:
                 return True
             await self.media.set_avatar_url(mxid, mxc)  # type: ignore[union-attr]
-            await self.store.set_state(shown, mxc)
+            await self.store.state.set(shown, mxc)
             return True
         except asyncio.CancelledError:
             raise

@@ -42,13 +42,13 @@ class Portals:
         """The portal's room, created now if it has none."""
         lock = self._creating.setdefault((owner, uin), asyncio.Lock())
         async with lock:  # two events for a new contact must not create two rooms
-            portal, _ = await self.store.claim_portal(owner, uin, stranger=stranger)
+            portal, _ = await self.store.portals.claim(owner, uin, stranger=stranger)
             if portal.room_id:
                 if portal.stranger and not stranger:
-                    await self.store.set_portal_stranger(owner, uin, False)
+                    await self.store.portals.set_stranger(owner, uin, False)
                 return portal.room_id
             room_id = await self._create(owner, uin, stranger)
-            await self.store.set_portal_room(owner, uin, room_id)
+            await self.store.portals.set_room(owner, uin, room_id)
             return room_id
 
     async def open(self, owner: str, uin: int, *, stranger: bool) -> str:

@@ -67,7 +67,7 @@ class Puppets:
         return clip(template.format(nick=clip(name, room), uin=uin), MAX_DISPLAYNAME)
 
     async def nick(self, uin: int) -> str | None:
-        puppet = await self.store.get_puppet(uin)
+        puppet = await self.store.puppets.get(uin)
         return puppet.nick if puppet else None
 
     async def label(self, uin: int) -> str:
@@ -83,14 +83,14 @@ class Puppets:
             raise errors.LocalProtocolError(f"{uin} is not a QQ number: no puppet for it")
         mxid = self.mxid(uin)
         await self.matrix.ensure_registered(mxid)
-        puppet = await self.store.get_puppet(uin)
+        puppet = await self.store.puppets.get(uin)
         nick = None if nick is None else clip(nick, MAX_NICK)
         known_nick = nick if nick is not None else (puppet.nick if puppet else None)
         wanted = self.displayname(uin, known_nick)
         if puppet is None or puppet.displayname != wanted or (nick is not None and puppet.nick != nick):
             if puppet is None or puppet.displayname != wanted:
                 await self._set_displayname(mxid, wanted)
-            await self.store.upsert_puppet(uin, nick=known_nick, displayname=wanted)
+            await self.store.puppets.upsert(uin, nick=known_nick, displayname=wanted)
         if face is not None:
             await self.avatars.show_face(mxid, face)
         return mxid
@@ -125,14 +125,14 @@ class Puppets:
         nothing changed while the homeserver has moved on)."""
         status = model.Status.OFFLINE if status is model.Status.INVISIBLE else status
         presence = PRESENCE[status]
-        puppet = await self.store.get_puppet(uin)
+        puppet = await self.store.puppets.get(uin)
         unchanged = puppet is not None and puppet.presence == int(status)
         if unchanged and not force and (status is model.Status.OFFLINE or self.presence.fresh(uin, presence)):
             return
         await self.ensure(uin)
         await self.presence.say(uin, presence)
         if not unchanged:
-            await self.store.upsert_puppet(uin, presence=int(status))
+            await self.store.puppets.upsert(uin, presence=int(status))
 
     async def _put_presence(self, uin: int, presence: str) -> None:
         await self.matrix.set_presence(self.mxid(uin), presence)

@@ -142,7 +142,7 @@ class ContactCommands:
         await reply(f"{await self.bridge.puppets.label(args.uin)} is no longer in your QQ friend list.")
 
     async def requests(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        pending = await self.bridge.store.pending_friend_requests(user.mxid)
+        pending = await self.bridge.store.friend_requests.pending(user.mxid)
         lines = [f"{BULLET}{await self.bridge.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
         await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
 

@@ -52,8 +52,8 @@ class FriendRequests:
                 f"or react {ACCEPT} or {REJECT} to this message.")  # fmt: skip
 
     async def prompt(self, owner: str, uin: int, reason: str, *, cause: object) -> str | None:
-        await self.store.add_friend_request(owner, uin, reason)
-        user = await self.store.get_user(owner)
+        await self.store.friend_requests.add(owner, uin, reason)
+        user = await self.store.users.get(owner)
         if user is None or not user.control_room_id:
             log.warning("friend request kept, but no control room to show it in", owner=owner, uin=uin)
             return None
@@ -62,18 +62,18 @@ class FriendRequests:
         # It needs an answer, so it notifies (m.text raises the room's notification count).
         text = self._prompt_text(label, uin, reason)
         event_id = await self.notifier.notice(room, text, txn_id=txn_for("prompt", cause), notify=True)
-        await self.store.set_friend_request_prompt(owner, uin, room, event_id)
+        await self.store.friend_requests.set_prompt(owner, uin, room, event_id)
         offers = []
         for key in (ACCEPT, REJECT):  # one click answers
             annotation = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
             offers.append(await self.matrix.send(room, annotation, event_type="m.reaction",
                                                         txn_id=txn_for("offer", event_id, key)))  # fmt: skip
-        await self.store.set_state(_offers_key(event_id), " ".join(offers))
+        await self.store.state.set(_offers_key(event_id), " ".join(offers))
         return event_id
 
     async def answer(self, owner: str, uin: int, accept: bool, reason: str = "") -> str:
         """Send the answer to QQ, record it, edit the prompt; the text to tell the user."""
-        request = await self.store.get_friend_request(owner, uin)
+        request = await self.store.friend_requests.get(owner, uin)
         if request is None or request.state != "pending":
             raise CommandError(f"There is no pending friend request from {uin}; type `requests` to see them.")
         account = self.accounts.get(owner)
@@ -86,7 +86,7 @@ class FriendRequests:
                 await account.qq.reject_request(uin, reason)
         except errors.QQError as exc:
             raise CommandError(f"QQ did not take the answer: {exc}. The request is still pending.") from None
-        await self.store.answer_friend_request(owner, uin, "accepted" if accept else "rejected")
+        await self.store.friend_requests.answer(owner, uin, "accepted" if accept else "rejected")
         label = await self.puppets.label(uin)
         if accept:
             account.friends.add(uin)
@@ -110,17 +110,17 @@ class FriendRequests:
     async def _withdraw_offers(self, room: str, prompt_event_id: str) -> None:
         """The bot's own ✅/❌ go once the request is answered: nothing left to click."""
         key = _offers_key(prompt_event_id)
-        for offer in (await self.store.get_state(key) or "").split():
+        for offer in (await self.store.state.get(key) or "").split():
             try:
                 await self.matrix.redact(room, offer, txn_id=txn_for("withdraw", offer), reason="answered")
             except MatrixError as exc:
                 log.info("could not withdraw a reaction offer", event_id=offer, error=str(exc))
-        await self.store.set_state(key, None)
+        await self.store.state.set(key, None)
 
     async def reacted(self, owner: str, prompt_event_id: str, key: str) -> str | None:
         """A reaction on a prompt: the outcome text, or None if it was not an answer."""
         answer = reaction_answer(key)
-        request = await self.store.get_friend_request_by_prompt(prompt_event_id)
+        request = await self.store.friend_requests.by_prompt(prompt_event_id)
         if answer is None or request is None or request.owner_mxid != owner or request.state != "pending":
             return None
         return await self.answer(owner, request.from_uin, answer)

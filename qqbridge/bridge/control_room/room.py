@@ -65,8 +65,8 @@ class ControlRoom:
                         "add you to `permissions` in the bridge's config.")  # fmt: skip
             await matrix.leave(room_id)
             return
-        before = await self.store.get_user(inviter)
-        await self.store.set_control_room(inviter, room_id)
+        before = await self.store.users.get(inviter)
+        await self.store.users.set_control_room(inviter, room_id)
         await reply(WELCOME + "\n\n" + self.table.help_text(admin=self.bridge.permissions.is_admin(inviter)))
         old_room = before.control_room_id if before is not None else None
         if old_room and old_room != room_id:  # a second direct chat with the bot takes over, and the first says so
@@ -78,9 +78,9 @@ class ControlRoom:
 
 
     async def member_left(self, room_id: str, mxid: str) -> None:
-        user = await self.store.get_user_by_control_room(room_id)
+        user = await self.store.users.by_control_room(room_id)
         if user is not None and user.mxid == mxid:
-            await self.store.set_control_room(mxid, None)
+            await self.store.users.set_control_room(mxid, None)
             try:
                 await self.bridge.matrix.leave(room_id)
             except MatrixError as exc:
@@ -90,7 +90,7 @@ class ControlRoom:
 
     async def message(self, event: InboxEvent, content: dict[str, Any]) -> None:
         room_id, sender, event_id = event.room_id, event.sender, event.event_id
-        user = await self.store.get_user_by_control_room(room_id)
+        user = await self.store.users.by_control_room(room_id)
         reply = Reply(self.bridge.notifier, room_id, event_id)
         if user is None:
             await self._not_a_control_room(room_id, sender, reply)
@@ -124,7 +124,7 @@ class ControlRoom:
         dropped silently, for anyone allowed to use the bridge."""
         if not self.bridge.permissions.may_use(sender):
             return  # users without permission get nothing
-        user = await self.store.get_user(sender)
+        user = await self.store.users.get(sender)
         if user is not None and user.control_room_id:
             await reply("This is not your control room; your commands go to the direct chat with me where I "
                         "last welcomed you.")  # fmt: skip
@@ -160,7 +160,7 @@ class ControlRoom:
             await reply(str(exc))
 
     async def awaiting_password(self, mxid: str) -> bool:
-        user = await self.store.get_user(mxid)
+        user = await self.store.users.get(mxid)
         return user is not None and user.login_state == LoginState.AWAITING_PASSWORD
 
     async def cannot_redact(self, room_id: str) -> str | None:
@@ -203,14 +203,14 @@ class ControlRoom:
         'awaiting password' state in the same breath (so a restart in the middle never
         takes the *next* message for a password); keep only its MD5, try it."""
         redacted = await self.redact_quietly(room_id, event_id)
-        await self.store.forget_event_content(event_id)
+        await self.store.inbox.forget_content(event_id)
         uin = user.pending_login_uin
         before = self._state_before_login(user.mxid)
         if body.strip().lower() == "cancel":
-            await self.store.abandon_login(user.mxid, before)
+            await self.store.users.abandon_login(user.mxid, before)
             await reply("Login cancelled." + (" Your QQ session goes on as before." if before is LoginState.LOGGED_IN else ""))
             return
-        await self.store.set_login_state(user.mxid, before)  # pending_login_uin stays: an attempt in flight
+        await self.store.users.set_login_state(user.mxid, before)  # pending_login_uin stays: an attempt in flight
         if not redacted:
             await reply("I could not redact your password message (I lack the power to); please delete it yourself.")
         account = self.bridge.accounts.new(user.mxid, uin, password_md5(body))
@@ -218,14 +218,14 @@ class ControlRoom:
             await account.login()
         except (errors.QQError, OSError) as exc:
             await account.qq.aclose()
-            await self.store.abandon_login(user.mxid, before)
+            await self.store.users.abandon_login(user.mxid, before)
             await reply(_login_failure(uin, exc) + (" Your QQ session goes on as before." if before is LoginState.LOGGED_IN else ""))
             return
         try:
-            await self.store.complete_login(user.mxid, uin, password_md5(body))
+            await self.store.users.complete_login(user.mxid, uin, password_md5(body))
         except ConflictError:
             await account.stop(logout=True)
-            await self.store.abandon_login(user.mxid, before)
+            await self.store.users.abandon_login(user.mxid, before)
             await reply(f"QQ {uin} was bridged for another Matrix user meanwhile; nothing was stored.")
             return
         await self.bridge.accounts.begin(account)
@@ -235,9 +235,9 @@ class ControlRoom:
     async def interrupted_logins(self) -> None:
         """At start-up: a login that was being tried when the bridge stopped is told
         about, never silently dropped, and its password message never re-read."""
-        for user in await self.store.list_users():
+        for user in await self.store.users.every():
             if user.pending_login_uin is not None and user.login_state != LoginState.AWAITING_PASSWORD:
-                await self.store.abandon_login(user.mxid, LoginState(user.login_state))
+                await self.store.users.abandon_login(user.mxid, LoginState(user.login_state))
                 try:
                     await self.bridge.notifier.tell_user(user.mxid, f"Your login to QQ {user.pending_login_uin} was interrupted "
                                                 f"by a bridge restart. Type `login {user.pending_login_uin}` to try again.")  # fmt: skip
@@ -251,7 +251,7 @@ class ControlRoom:
 
     async def cmd_login(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         try:
-            await self.store.begin_login(user.mxid, args.uin, password_after=reply.inbox_id)
+            await self.store.users.begin_login(user.mxid, args.uin, password_after=reply.inbox_id)
         except ConflictError:
             raise CommandError(f"QQ {args.uin} is already bridged for another Matrix user") from None
         ask = f"Send your QQ password for {args.uin} as your next message (or `cancel`)."
@@ -269,7 +269,7 @@ class ControlRoom:
 
     async def cmd_logout(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = await self.bridge.accounts.end(user.mxid, logout=True)
-        await self.store.logout(user.mxid)
+        await self.store.users.logout(user.mxid)
         await reply(f"Logged out of QQ {account.uin if account else ''}. Your portals stay; "
                     "type `login <QQ number>` to bridge again.")  # fmt: skip
 
@@ -279,8 +279,8 @@ class ControlRoom:
             stopped = f"stopped: bad password; type `login {user.qq_uin or '<QQ number>'}` again"
             await reply(f"QQ: {stopped if user.login_state == LoginState.BAD_PASSWORD else 'not logged in'}.")
             return
-        waiting_in = await self.store.count_pending_inbound(user.mxid)
-        waiting_out = await self.store.count_pending_outgoing(user.mxid)
+        waiting_in = await self.store.inbound.count_pending(user.mxid)
+        waiting_out = await self.store.outbox.count_pending(user.mxid)
         lines = [f"QQ {account.uin}: {account_state(account)}",
                  f"{last_good_poll(account)}; messages fetched: {account.fetched}",
                  f"queued: {waiting_in} from QQ to Matrix, {waiting_out} from Matrix to QQ"]  # fmt: skip
@@ -307,7 +307,7 @@ class ControlRoom:
 
     async def cmd_accounts(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         lines = []
-        for bridged in await self.store.list_users():
+        for bridged in await self.store.users.every():
             account = self.bridge.accounts.get(bridged.mxid)
             if account is not None:
                 state = f"{account_state(account)}; {last_good_poll(account)}"
@@ -322,11 +322,11 @@ class ControlRoom:
         await reply(report(await diagnose(self.bridge.config, store=self.store)))
 
     async def cmd_logout_user(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        target = await self.store.get_user(args.mxid)
+        target = await self.store.users.get(args.mxid)
         if target is None:
             raise CommandError(f"{args.mxid} does not use this bridge")
         account = await self.bridge.accounts.end(args.mxid, logout=True)
-        await self.store.logout(args.mxid)
+        await self.store.users.logout(args.mxid)
         await self.bridge.notifier.tell_user(args.mxid, f"An administrator ({user.mxid}) logged your QQ account out.")
         await reply(f"Logged {args.mxid} out" + (f" of QQ {account.uin}." if account else " (no running session)."))
 

@@ -352,16 +352,16 @@ class QQAccount:
         server's 10 minutes, it would answer with new messages under it)."""
         key = f"getmsg-pending:{self.mxid}"
         if not self._pending_read:
-            stored = await self._store.get_state(key)
-            if stored and not await self._store.inbound_batch_stored(self.mxid, int(stored)):
+            stored = await self._store.state.get(key)
+            if stored and not await self._store.inbound.batch_stored(self.mxid, int(stored)):
                 self._pending_seq = int(stored)
             self._pending_read = True
         if self._pending_seq is None:
             seq = next(self._seqs, None)
             if seq is None:
-                self._seqs = iter(await self._store.reserve_seqs(self.mxid, "getmsg", SEQ_BLOCK))
+                self._seqs = iter(await self._store.seqs.reserve(self.mxid, "getmsg", SEQ_BLOCK))
                 seq = next(self._seqs)
-            await self._store.set_state(key, str(seq))
+            await self._store.state.set(key, str(seq))
             self._pending_seq = seq
         return self._pending_seq
 
@@ -384,7 +384,7 @@ class QQAccount:
         self.logged_in, self.state = False, AccountState.BAD_PASSWORD
         self._poll_error = str(exc)
         await self.outage.close()  # the notice below says what there is to say
-        await self._store.set_login_state(self.mxid, LoginState.BAD_PASSWORD)
+        await self._store.users.set_login_state(self.mxid, LoginState.BAD_PASSWORD)
         await self._alert(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
                            f"polling stopped. Type `login {self.uin}` to log in again.")
 
@@ -455,7 +455,7 @@ class QQAccount:
     async def _back_text(self, since: float, lasted: float) -> str:
         waiting = None
         try:
-            waiting = await self._store.count_pending_outgoing(self.mxid)
+            waiting = await self._store.outbox.count_pending(self.mxid)
         except Exception as exc:  # a nicety: the notice goes without the number
             log.info("could not count the waiting messages", uin=self.uin, error=str(exc))
         if waiting:

@@ -1,6 +1,6 @@
 """QQ → Matrix: what GetMsgEx returned is stored first, then relayed, in order per portal.
 
-    poller ──events──▶ store_inbound (idempotent by account, GetMsgEx SEQ, index)
+    poller ──events──▶ store.inbound.add_batch (idempotent by account, GetMsgEx SEQ, index)
         ──▶ relay the pending rows, one lane per contact side by side:
             MT=9   the puppet posts the text in the portal (created if need be), plain text
             MT=99  the puppet's presence, set only on change
@@ -98,7 +98,7 @@ def as_row(event: model.Event) -> tuple[int, int, str]:
 def passing(exc: BaseException) -> bool:
     """Worth trying again and again: the homeserver was unreachable, busy or failing, or
     the network was. (A store error is not: the database being down stops the relay
-    before any row, at `pending_inbound`; one that strikes a row gets UNKNOWN_TRIES.)"""
+    before any row, at `store.inbound.pending`; one that strikes a row gets UNKNOWN_TRIES.)"""
     if isinstance(exc, MatrixError):
         return exc.status in (0, 429) or exc.status >= 500
     return isinstance(exc, (OSError, TimeoutError))
@@ -131,18 +131,18 @@ class Inbound:
         self.all_sends, self.all_statuses = asyncio.Semaphore(ALL_SENDS), asyncio.Semaphore(ALL_STATUSES)
         self.homeserver: HomeserverHealth | AlwaysAnswering = homeserver or AlwaysAnswering()
         if isinstance(homeserver, HomeserverHealth):
-            homeserver.watch(metrics, waiting=self.store.count_pending_inbound)
+            homeserver.watch(metrics, waiting=self.store.inbound.count_pending)
 
     async def receive(self, owner: str, seq: int, events: list[model.Event]) -> None:
         """The pollers' delivery: store (raising keeps the SEQ for a refetch), then
         hand over to the user's relay task."""
         account = self.accounts.get(owner)
-        user = None if account else await self.store.get_user(owner)
+        user = None if account else await self.store.users.get(owner)
         uin = account.uin if account else user.qq_uin if user else None
         if uin is None:
             log.warning("QQ events for a user who is no longer bridged", owner=owner, count=len(events))
             return
-        await self.store.store_inbound(owner, uin, seq, [as_row(event) for event in events])
+        await self.store.inbound.add_batch(owner, uin, seq, [as_row(event) for event in events])
         self.wake(owner)
 
     def wake(self, owner: str) -> None:
@@ -216,7 +216,7 @@ class Inbound:
             await self._set_aside(owner, row, exc)
             return
         self._tries.pop(row.inbound_id, None)
-        await self.store.mark_inbound_relayed(row.inbound_id, event_id)
+        await self.store.inbound.mark_relayed(row.inbound_id, event_id)
         if row.kind == 9:
             self.metrics.messages.labels("qq_to_matrix").inc()
             self.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
@@ -244,7 +244,7 @@ class Inbound:
             if passing(notice_exc):
                 raise  # the row stays pending; the same notice is tried again with it
             log.warning("could not tell the user about a set-aside event", owner=owner, error=str(notice_exc))
-        await self.store.mark_inbound_failed(row.inbound_id, f"{type(exc).__name__}: {exc}")
+        await self.store.inbound.mark_failed(row.inbound_id, f"{type(exc).__name__}: {exc}")
 
     async def _relay(self, owner: str, row: InboundMessage) -> str | None:
         sender = row.sender_uin
@@ -258,7 +258,7 @@ class Inbound:
             # The portal's room as stored, read without a write in the common case (a
             # burst spends its time in the store's one writer otherwise); room_for when
             # there is none yet, or a stranger's portal to mark as a friend's.
-            portal = await self.store.get_portal(owner, sender)
+            portal = await self.store.portals.get(owner, sender)
             if portal is not None and portal.room_id and (stranger or not portal.stranger):
                 room_id = portal.room_id
             else:
@@ -372,7 +372,7 @@ class _Run:
         limit = len(self.in_hand) + PAGE
         self.reading = True
         try:
-            rows = await self.inbound.store.pending_inbound(self.owner, limit=limit)
+            rows = await self.inbound.store.inbound.pending(self.owner, limit=limit)
         finally:
             self.reading = False
         done, self.done_during_read = self.done_during_read, set()

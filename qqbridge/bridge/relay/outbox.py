@@ -63,7 +63,7 @@ class Outbox:
 
     async def enqueue(self, owner: str, room_id: str, event_id: str, target: int, text: str) -> None:
         """Store the pieces with their SEQs (a repeated event stores nothing), then wake the sender."""
-        await self.store.enqueue_outgoing(owner, room_id, event_id, target, split_message(text))
+        await self.store.outbox.enqueue(owner, room_id, event_id, target, split_message(text))
         self.wake(owner)
 
     def wake(self, owner: str) -> None:
@@ -75,7 +75,7 @@ class Outbox:
         wake = self._wakers.setdefault(account.mxid, asyncio.Event())
         sent_at: collections.deque[float] = collections.deque(maxlen=RATE_COUNT)
         # What this account sent before a restart still counts on QQ's side.
-        for when_ms in await self.store.recent_send_times(account.mxid, RATE_COUNT):
+        for when_ms in await self.store.outbox.recent_send_times(account.mxid, RATE_COUNT):
             sent_at.append(time.monotonic() - max(0.0, time.time() - when_ms / 1000))
         trouble = _Trouble(Backoff(0.5 * self._scale, 60.0 * self._scale))
         server = account.server
@@ -83,7 +83,7 @@ class Outbox:
         try:
             while True:
                 wake.clear()
-                rows = await self.store.pending_outgoing(account.mxid)
+                rows = await self.store.outbox.pending(account.mxid)
                 if not rows:
                     await wake.wait()
                     continue
@@ -114,7 +114,7 @@ class Outbox:
             log.warning("QQ said too fast (RES=3): its penalty window delays this user's messages",
                         uin=account.uin, outbox_id=row.outbox_id)  # fmt: skip
             self.metrics.failures.labels("qq_rate_limited").inc()
-            await self.store.note_outgoing_attempt(row.outbox_id, "QQ: too fast (RES=3)")
+            await self.store.outbox.note_attempt(row.outbox_id, "QQ: too fast (RES=3)")
             return False  # the refusal arrived after its window: go again
         except errors.NotLoggedIn:
             # Once: log in again and resend at once. Again right after a new login: the
@@ -125,11 +125,11 @@ class Outbox:
             try:
                 await account.session_lost()
             except errors.QQError as exc:
-                await self.store.note_outgoing_attempt(row.outbox_id, str(exc))
+                await self.store.outbox.note_attempt(row.outbox_id, str(exc))
                 await self._wait_for_qq(server, exc, mark, began, trouble)
             return False
         except (errors.ServerUnavailable, errors.OutcomeUnknown, errors.RemoteProtocolError) as exc:
-            await self.store.note_outgoing_attempt(row.outbox_id, str(exc))
+            await self.store.outbox.note_attempt(row.outbox_id, str(exc))
             await self._wait_for_qq(server, exc, mark, began, trouble)
             return False
         except errors.NullReply:
@@ -143,7 +143,7 @@ class Outbox:
             return True
         trouble.backoff.reset()
         trouble.losses = 0
-        await self.store.mark_outgoing_sent(row.outbox_id)
+        await self.store.outbox.mark_sent(row.outbox_id)
         await self._mark_read_when_complete(row)
         return True
 
@@ -167,7 +167,7 @@ class Outbox:
         while True:
             try:
                 enqueued.clear()
-                rows = await self.store.pending_outgoing(account.mxid)
+                rows = await self.store.outbox.pending(account.mxid)
                 told &= {row.event_id for row in rows}  # the sent ones need no memory
                 waiting = [row for row in rows if row.event_id not in told]
                 if not waiting:
@@ -207,12 +207,12 @@ class Outbox:
     async def _failed(self, row: OutgoingMessage, why: str) -> None:
         log.info("message refused by QQ", outbox_id=row.outbox_id, why=why)
         self.metrics.failures.labels("qq_refused").inc()
-        await self.store.mark_outgoing_failed(row.outbox_id, why)
+        await self.store.outbox.mark_failed(row.outbox_id, why)
         content = notice_content(f"⚠ Not delivered: {why}", reply_to=row.event_id)
         await self.matrix.send(row.room_id, content, txn_id=txn_for("refused", row.outbox_id))
 
     async def _mark_read_when_complete(self, row: OutgoingMessage) -> None:
-        pieces = await self.store.get_outgoing_by_event(row.event_id)
+        pieces = await self.store.outbox.by_event(row.event_id)
         if all(piece.state == "sent" for piece in pieces):
             self.metrics.messages.labels("matrix_to_qq").inc()
             self.metrics.latency.labels("matrix_to_qq").observe(time.time() - row.created_at / 1000)

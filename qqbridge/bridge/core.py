@@ -16,33 +16,34 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
 
 import structlog
 
 from qqbridge.bridge.contacts.avatars import Media
+from qqbridge.bridge.contacts.friend_sync import FriendSync
 from qqbridge.bridge.contacts.portals import Portals
 from qqbridge.bridge.contacts.presence import friend_of_a_running_account
 from qqbridge.bridge.contacts.puppets import Puppets
-from qqbridge.bridge.control_room.commands import CommandError
+from qqbridge.bridge.control_room.commands import CommandError, CommandTable
+from qqbridge.bridge.control_room.contact_commands import ContactCommands
 from qqbridge.bridge.control_room.friend_requests import FriendRequests
 from qqbridge.bridge.control_room.permissions import Permissions
-from qqbridge.bridge.control_room.room import ENCRYPTED, ControlRoom
+from qqbridge.bridge.control_room.room import ControlRoom
 from qqbridge.bridge.notices import txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix, QQFactory
-from qqbridge.bridge.qq_sessions.accounts import AccountState, Backoff, QQAccount
+from qqbridge.bridge.qq_sessions.accounts import AccountState, Backoff
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.relay.inbound import Inbound
-from qqbridge.bridge.relay.matrix_to_qq import outgoing_text
 from qqbridge.bridge.relay.outbox import Outbox
+from qqbridge.bridge.relay.portal_intake import PortalIntake
 from qqbridge.config import Config
-from qqbridge.matrix.api import MatrixError
+from qqbridge.matrix.content import json_object
 from qqbridge.matrix.homeserver_health import HomeserverHealth
 from qqbridge.metrics import Metrics
-from qqbridge.qq import errors, model
+from qqbridge.qq import model
 from qqbridge.store import Store
-from qqbridge.store.rows import InboxEvent, LoginState, Portal
+from qqbridge.store.rows import InboxEvent, LoginState
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,7 @@ class Bridge:
         self.puppets = Puppets(config, store, matrix, watched=self._watched, media=media)
         self.portals = Portals(store, matrix, self.puppets)
         self.outbox = Outbox(store, matrix, self.metrics, time_scale=config.qq.time_scale)
+        self.friend_sync = FriendSync(self.puppets, synced=self._synced)
         scale = config.qq.time_scale
         self.accounts = Accounts(
             qq_factory, store, self._from_qq, notifier.tell_user,
@@ -86,18 +88,31 @@ class Bridge:
             time_scale=scale, logins_per_second=config.qq.logins_per_second,
             max_requests_per_second=config.qq.max_requests_per_second,
             alert=lambda mxid, text: notifier.tell_user(mxid, text, notify=True),  # a stopped login needs an answer
-            on_login=self.sync_account, sender=self.outbox.run, metrics=self.metrics,
+            on_login=self.friend_sync.sync, sender=self.outbox.run, metrics=self.metrics,
         )  # fmt: skip
         self.friend_requests = FriendRequests(store, matrix, notifier, self.puppets, self.accounts)
         self.inbound = Inbound(
             store, matrix, notifier, self.metrics, accounts=self.accounts, puppets=self.puppets,
             portals=self.portals, friend_requests=self.friend_requests, homeserver=homeserver,
         )  # fmt: skip
-        self.control = ControlRoom(self)
+        table = CommandTable()
+        self.control = ControlRoom(
+            store=store, matrix=matrix, notifier=notifier, permissions=self.permissions, accounts=self.accounts,
+            table=table, doctor=self._doctor,
+        )  # fmt: skip
+        ContactCommands(
+            table, accounts=self.accounts, puppets=self.puppets, portals=self.portals,
+            friend_requests=self.friend_requests, requests=store.friend_requests, friend_sync=self.friend_sync,
+        )  # fmt: skip
+        self.portal_intake = PortalIntake(
+            notifier=notifier, inbox=store.inbox, users=store.users, names=self.puppets, commands=self.control,
+            accounts=self.accounts, outbox=self.outbox,
+            media_base=config.homeserver.public_url or config.homeserver.url,
+        )  # fmt: skip
         self._wake = asyncio.Event()
         self._rooms: dict[str, _RoomQueue] = {}  # rooms with events in hand
         self._slots = asyncio.Semaphore(INBOX_IN_FLIGHT)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._inbox_task: asyncio.Task[None] | None = None
 
     # ---- life cycle --------------------------------------------------------------------
@@ -140,7 +155,19 @@ class Bridge:
         which it consults)."""
         await self.inbound.receive(owner, seq, events)
 
-    def _keep(self, task: asyncio.Task[None]) -> None:
+    def _synced(self, mxid: str) -> None:
+        """A friend sync is through: what waited for it goes now (QQ messages stored and
+        outbox rows queued before a restart)."""
+        self.inbound.wake(mxid)
+        self.outbox.wake(mxid)
+
+    async def _doctor(self) -> str:
+        """The admin's `doctor` command: the same checks as `qqbridge doctor`."""
+        from qqbridge.doctor import diagnose, report
+
+        return report(await diagnose(self.config, store=self.store))
+
+    def _keep(self, task: asyncio.Task[object]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -281,113 +308,23 @@ class Bridge:
                 await self.control.invited(event.room_id, event.sender, event.event_id)
             elif membership in ("leave", "ban") and event.state_key == event.sender:
                 await self.control.member_left(event.room_id, event.sender)
-                await self._owner_left_portal(event.room_id, event.sender)
+                await self.portals.owner_left(event.room_id, event.sender)
             return
         portal = await self.store.portals.by_room(event.room_id)
         if portal is not None:
-            await self.portal_event(portal, event, content)
+            await self.portal_intake.handle(portal, event, content)
         elif event.type == "m.room.message":
             await self.control.message(event, content)
         elif event.type == "m.room.encrypted":
             await self.control.encrypted(event.room_id, event.sender, event.event_id)
         elif event.type == "m.reaction":
-            relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
+            relates = json_object(content.get("m.relates_to"))
             if relates.get("rel_type") == "m.annotation" and isinstance(relates.get("key"), str):
                 try:  # the answered prompt shows the outcome itself (edited in place)
-                    if await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"]):
-                        await self._answered_by_reaction(event.sender, str(relates.get("event_id")))
+                    await self.friend_requests.reacted(event.sender, str(relates.get("event_id")), relates["key"])
                 except CommandError as exc:
                     await self.notifier.notice(event.room_id, str(exc), txn_id=txn_for("reaction", event.event_id),
                                       reply_to=event.event_id)  # fmt: skip
 
     def _watched(self, uin: int) -> bool:
         return friend_of_a_running_account(self.accounts, uin)
-
-    async def _answered_by_reaction(self, owner: str, prompt_event_id: str) -> None:
-        """A friend request accepted with ✅: the new friend's presence, at once."""
-        request = await self.store.friend_requests.by_prompt(prompt_event_id)
-        account = self.accounts.get(owner)
-        if request is not None and request.state == "accepted" and account is not None:
-            await self.puppets.befriended(account.qq, request.from_uin)
-
-    async def portal_event(self, portal: Portal, event: InboxEvent, content: dict[str, Any]) -> None:
-        """Matrix → QQ: only the portal's owner is relayed."""
-        if event.sender != portal.owner_mxid:
-            return
-        room, cause = event.room_id, event.event_id
-        contact = await self.puppets.label(portal.uin)
-        if event.type == "m.room.redaction":
-            await self.notifier.notice(room, f"QQ cannot unsend messages: {contact} keeps what was sent.",
-                              txn_id=txn_for("redaction", cause))  # fmt: skip
-            return
-        if event.type == "m.reaction":
-            await self.notifier.notice(room, f"QQ has no reactions: {contact} did not see this one.",
-                              txn_id=txn_for("reaction", cause), reply_to=cause)  # fmt: skip
-            return
-        if event.type == "m.room.encrypted":
-            await self.notifier.notice(room, ENCRYPTED + f" This message was not sent to {contact}.",
-                              txn_id=txn_for("encrypted", cause), reply_to=cause)  # fmt: skip
-            return
-        body = content.get("body")
-        if event.type == "m.room.message" and await self.control.awaiting_password(event.sender):
-            # It may well be the password, typed in the wrong room: never relay or keep it.
-            await self.store.inbox.forget_content(cause)
-            gone = await self.control.redact_quietly(room, cause)
-            await self.notifier.notice(room, "Not sent: your login is waiting for your QQ password, which goes in your "
-                              "control room only. This message was not sent to QQ and not kept"
-                              + (" (and I removed it here, in case it was your password). " if gone else
-                                 "; if it was your password, delete it. ")
-                              + "Send your password in the control room, then anything else here again.",
-                              txn_id=txn_for("password", cause))  # fmt: skip
-            return
-        if event.type == "m.room.message" and isinstance(body, str) and body.lstrip().startswith("!qq"):
-            user = await self.store.users.get(event.sender)
-            if user is not None:
-                await self.control.run_command(user, room, cause, body, inbox_id=event.inbox_id, in_portal=True)
-            return
-        if event.type not in ("m.room.message", "m.sticker"):
-            return
-        text = outgoing_text(event.type, content, self.config.homeserver.public_url or self.config.homeserver.url)
-        if text is None:
-            await self.notifier.notice(room, "This message has nothing QQ can carry; it was not sent.", txn_id=txn_for("empty", cause))
-            return
-        if self.accounts.get(event.sender) is None:
-            await self.notifier.notice(room, "Not sent: you are not logged into QQ. Type `login <QQ number>` in your control "
-                              "room, then send it again.", txn_id=txn_for("offline", cause))  # fmt: skip
-            return
-        await self.outbox.enqueue(event.sender, room, cause, portal.uin, text)
-        self.accounts.get(event.sender).poke()  # a chat is active: look for the answer soon
-
-    async def _owner_left_portal(self, room_id: str, mxid: str) -> None:
-        """The owner left: the next message either way opens a fresh portal."""
-        portal = await self.store.portals.by_room(room_id)
-        if portal is not None and portal.owner_mxid == mxid:
-            await self.store.portals.forget_room(mxid, portal.uin)
-            for member in (self.puppets.mxid(portal.uin), self.config.bot_mxid):
-                try:
-                    await self.matrix.leave(room_id, user_id=member)
-                except MatrixError as exc:
-                    log.info("could not leave a closed portal", room_id=room_id, error=str(exc))
-
-    async def sync_account(self, account: QQAccount) -> int:
-        """After a login and on `sync`: friends, their nicknames and presence from QQ;
-        and the status the user chose, which a new login set back to online."""
-        if account.status != account.wanted_status:
-            try:
-                await account.qq.set_status(account.wanted_status)
-                account.status = account.wanted_status
-            except errors.RateLimited:
-                log.info("status not restored yet: QQ says too fast", uin=account.uin)
-        friends = await account.qq.friends()
-        online = await account.qq.online_friends()
-        account.friends = set(friends)
-        for friend in online:  # said again even if the store saw no change: it may have lapsed
-            await self.puppets.ensure(friend.uin, friend.nick, face=friend.face)
-            await self.puppets.set_presence(friend.uin, friend.status, force=True)
-        online_uins = {friend.uin for friend in online}
-        for uin in friends:
-            if uin not in online_uins:
-                await self.puppets.set_presence(uin, model.Status.OFFLINE)
-        self.inbound.wake(account.mxid)  # anything stored before a restart
-        self.outbox.wake(account.mxid)
-        return len(online)

@@ -25,6 +25,10 @@ _PLAIN_PUNCTUATION = frozenset(" &.-_'’·")
 NAME_LIMIT = 64  # characters of a QQ name in a notice
 TEXT_LIMIT = 300  # characters of a QQ text (a reason, an unknown event) in a notice
 
+# Said in a control room or portal that is encrypted (the bridge reads no encrypted event).
+ENCRYPTED = ("I cannot read encrypted messages, and this room is encrypted. Start a new direct chat with me "
+             "with encryption turned off (in Element: Start chat → show advanced → disable end-to-end encryption).")  # fmt: skip
+
 
 def txn_for(*parts: object) -> str:
     """A Matrix transaction id derived from what caused the send: repeating the work

@@ -8,7 +8,7 @@ use the real ones against a real Synapse and the simulator.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from qqbridge.qq import model
 
@@ -61,6 +61,15 @@ class QQ(Protocol):
     async def reject_request(self, target: int, reason: str = ..., *, seq: int | None = None) -> None: ...
     async def remove_friend(self, target: int, *, seq: int | None = None) -> None: ...
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class OnAServer(Protocol):
+    """An optional ability of a QQ connection: it names its server (QQClient does), so
+    the accounts on one server share one watcher of its health (qq_sessions/outages.py).
+    A connection without it (a unit test's fake) gets a watcher of its own, never probing."""
+
+    server_url: str
 
 
 QQFactory = Callable[[int], QQ]

@@ -65,6 +65,19 @@ class Portals:
                             membership=membership, error=str(exc))  # fmt: skip
         return room_id
 
+    async def owner_left(self, room_id: str, mxid: str) -> None:
+        """The owner left: the puppet and the bot leave too, and the next message either
+        way opens a fresh portal."""
+        portal = await self.store.portals.by_room(room_id)
+        if portal is None or portal.owner_mxid != mxid:
+            return
+        await self.store.portals.forget_room(mxid, portal.uin)
+        for member in (self.puppets.mxid(portal.uin), self.matrix.bot_mxid):
+            try:
+                await self.matrix.leave(room_id, user_id=member)
+            except MatrixError as exc:
+                log.info("could not leave a closed portal", room_id=room_id, error=str(exc))
+
     async def _membership(self, room_id: str, user: str, puppet: str) -> str | None:
         """The user's membership in the room as the puppet sees it (None: none yet, or unknown)."""
         path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/m.room.member/{quote(user, safe='')}"

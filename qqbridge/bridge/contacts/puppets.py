@@ -16,14 +16,13 @@ the homeserver refuses anyway is logged and passed over: it never blocks the rel
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from qqbridge.bridge.contacts.avatars import Avatars, Media
 from qqbridge.bridge.contacts.presence import PresenceKeeper
 from qqbridge.bridge.notices import clip, one_line, shown_name
-from qqbridge.bridge.ports import Matrix
+from qqbridge.bridge.ports import QQ, Matrix
 from qqbridge.config import Config
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors, model
@@ -105,7 +104,7 @@ class Puppets:
                 raise
             log.warning("the homeserver refused a puppet's display name", mxid=mxid, error=str(exc))
 
-    async def learn_nick(self, qq: Any, uin: int) -> None:
+    async def learn_nick(self, qq: QQ, uin: int) -> None:
         """A contact whose nickname the bridge does not know yet: ask QQ (GetInfo,
         normal: the nickname and the face), best effort; the display name and the
         picture follow."""
@@ -137,7 +136,7 @@ class Puppets:
     async def _put_presence(self, uin: int, presence: str) -> None:
         await self.matrix.set_presence(self.mxid(uin), presence)
 
-    async def befriended(self, qq: Any, uin: int) -> None:
+    async def befriended(self, qq: QQ, uin: int) -> None:
         """A new QQ friend (a request accepted either way): QQ tells its status changes
         from now on, but not the status it has now, so ask (Query_Stat) and show it."""
         try:

@@ -61,7 +61,7 @@ class CommandTable:
         summary: str,
         handler: Handler,
         *,
-        arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+        arguments: Callable[[argparse.ArgumentParser], object] = lambda parser: None,
         admin: bool = False,
         needs_login: bool = False,
         control_room_only: bool = False,

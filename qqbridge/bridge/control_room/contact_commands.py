@@ -4,17 +4,19 @@ requests, accept, reject, open, sync. Each needs a logged-in QQ account."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
+from qqbridge.bridge.contacts.friend_sync import FriendSync
+from qqbridge.bridge.contacts.portals import Portals
+from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.bridge.control_room.commands import CommandError, CommandTable, joined, qq_number, rest_of_line
+from qqbridge.bridge.control_room.friend_requests import FriendRequests
 from qqbridge.bridge.control_room.reply import Reply
 from qqbridge.bridge.notices import BULLET, one_line, quoted
+from qqbridge.bridge.qq_sessions.accounts import QQAccount
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import errors, model
+from qqbridge.store.contacts import FriendRequestStore
 from qqbridge.store.rows import BridgeUser
-
-if TYPE_CHECKING:
-    from qqbridge.bridge.core import Bridge
-    from qqbridge.bridge.qq_sessions.accounts import QQAccount
 
 DEFAULT_REASON = "Hello! I'd like to add you as a friend."
 _PROFILE_LINES = [
@@ -38,25 +40,39 @@ def describe_profile(profile: model.Profile) -> str:
     return "\n".join(lines)
 
 
+def _uin(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("uin", type=qq_number, metavar="QQ number", help="a QQ number")
+
+
+def _uin_and_reason(parser: argparse.ArgumentParser) -> None:
+    _uin(parser)
+    rest_of_line(parser, "reason", "what they are told")
+
+
 class ContactCommands:
-    def __init__(self, bridge: Bridge, table: CommandTable) -> None:
-        self.bridge = bridge
-        uin = lambda p: p.add_argument("uin", type=qq_number, metavar="QQ number", help="a QQ number")  # noqa: E731
+    """Adds its commands to the control room's `table`."""
+
+    def __init__(
+        self, table: CommandTable, *, accounts: Accounts, puppets: Puppets, portals: Portals,
+        friend_requests: FriendRequests, requests: FriendRequestStore, friend_sync: FriendSync,
+    ) -> None:  # fmt: skip
+        self.accounts, self.puppets, self.portals = accounts, puppets, portals
+        self.friend_requests, self._requests, self._friend_sync = friend_requests, requests, friend_sync
+        uin = _uin
         table.add("friends", "your QQ friends with nickname and status", self.friends, needs_login=True,
                   arguments=lambda p: p.add_argument("online", nargs="?", choices=["online"]))
         table.add("whois", "a QQ account's profile", self.whois, needs_login=True, arguments=uin)
         table.add("add", "add a QQ friend (asks them when they want to be asked)", self.add, needs_login=True,
-                  arguments=lambda p: (uin(p), rest_of_line(p, "reason", "what they are told")))
+                  arguments=_uin_and_reason)
         table.add("remove", "remove a QQ friend from your list", self.remove, needs_login=True, arguments=uin)
         table.add("requests", "pending friend requests", self.requests)
         table.add("accept", "accept a friend request", self.accept, needs_login=True, arguments=uin)
-        table.add("reject", "reject a friend request", self.reject, needs_login=True,
-                  arguments=lambda p: (uin(p), rest_of_line(p, "reason", "what they are told")))
+        table.add("reject", "reject a friend request", self.reject, needs_login=True, arguments=_uin_and_reason)
         table.add("open", "open (or create) the portal to a QQ account", self.open, needs_login=True, arguments=uin)
         table.add("sync", "refresh friends, nicknames and presence now", self.sync, needs_login=True)  # fmt: skip
 
     def _account(self, user: BridgeUser) -> QQAccount:
-        account = self.bridge.accounts.get(user.mxid)
+        account = self.accounts.get(user.mxid)
         if account is None:
             raise CommandError("That needs a QQ login; type `login <QQ number>` first.")
         return account
@@ -75,11 +91,11 @@ class ContactCommands:
             if args.online and friend is None:
                 continue
             if friend is not None:
-                await self.bridge.puppets.ensure(uin, friend.nick, face=friend.face)
+                await self.puppets.ensure(uin, friend.nick, face=friend.face)
             else:
-                await self.bridge.puppets.learn_nick(account.qq, uin)
+                await self.puppets.learn_nick(account.qq, uin)
             status = friend.status.name.lower() if friend else "offline"
-            lines.append(f"{BULLET}{await self.bridge.puppets.label(uin)} — {status}")
+            lines.append(f"{BULLET}{await self.puppets.label(uin)} — {status}")
         empty = "None of your QQ friends is online." if args.online else "Your QQ friend list is empty."
         await reply("\n".join(lines) or empty)
 
@@ -95,13 +111,13 @@ class ContactCommands:
             raise CommandError(f"QQ says {uin} is not an account it knows.") from None
         except errors.QQError as exc:
             raise CommandError(f"QQ did not answer: {exc}") from None
-        await self.bridge.puppets.ensure(uin, profile.nick, face=profile.face)
+        await self.puppets.ensure(uin, profile.nick, face=profile.face)
         return profile
 
     async def add(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
-        await self.bridge.puppets.learn_nick(account.qq, args.uin)
-        label = await self.bridge.puppets.label(args.uin)
+        await self.puppets.learn_nick(account.qq, args.uin)
+        label = await self.puppets.label(args.uin)
         try:
             result = await account.qq.add_friend(args.uin)
             if result.policy is model.AddPolicy.ADDED:
@@ -139,32 +155,30 @@ class ContactCommands:
         except errors.QQError as exc:
             raise CommandError(f"QQ did not remove them: {exc}") from None
         account.friends.discard(args.uin)
-        await reply(f"{await self.bridge.puppets.label(args.uin)} is no longer in your QQ friend list.")
+        await reply(f"{await self.puppets.label(args.uin)} is no longer in your QQ friend list.")
 
     async def requests(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        pending = await self.bridge.store.friend_requests.pending(user.mxid)
-        lines = [f"{BULLET}{await self.bridge.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
+        pending = await self._requests.pending(user.mxid)
+        lines = [f"{BULLET}{await self.puppets.label(r.from_uin)}: {quoted(r.reason)}" for r in pending]
         await reply("Pending friend requests:\n" + "\n".join(lines) if lines else "No pending friend requests.")
 
     async def accept(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        outcome = await self.bridge.friend_requests.answer(user.mxid, args.uin, True)
-        await self.bridge.puppets.befriended(self._account(user).qq, args.uin)  # their presence, at once
-        await reply(outcome)
+        await reply(await self.friend_requests.answer(user.mxid, args.uin, True))
 
     async def reject(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        await reply(await self.bridge.friend_requests.answer(user.mxid, args.uin, False, joined(args.reason)))
+        await reply(await self.friend_requests.answer(user.mxid, args.uin, False, joined(args.reason)))
 
     async def open(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         await self._profile(account, args.uin, level=2)  # a number QQ does not know gets no portal
-        room_id = await self.bridge.portals.open(user.mxid, args.uin, stranger=args.uin not in account.friends)
-        await reply(f"Your portal with {await self.bridge.puppets.label(args.uin)}: "
+        room_id = await self.portals.open(user.mxid, args.uin, stranger=args.uin not in account.friends)
+        await reply(f"Your portal with {await self.puppets.label(args.uin)}: "
                     f"https://matrix.to/#/{room_id}")  # fmt: skip
 
     async def sync(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         account = self._account(user)
         try:
-            online = await self.bridge.sync_account(account)
+            online = await self._friend_sync.sync(account)
         except errors.QQError as exc:
             raise CommandError(f"QQ did not answer: {exc}") from None
         await reply(f"Synced: {len(account.friends)} friends, {online} online.")

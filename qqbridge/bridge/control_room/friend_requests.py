@@ -9,21 +9,17 @@ Requests are stored, so pending ones survive a restart.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 
+from qqbridge.bridge.contacts.puppets import Puppets
 from qqbridge.bridge.control_room.commands import CommandError
 from qqbridge.bridge.notices import notice_content, quoted, txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors
 from qqbridge.store import Store
-
-if TYPE_CHECKING:
-    from qqbridge.bridge.contacts.puppets import Puppets
-    from qqbridge.bridge.qq_sessions.registry import Accounts
 
 log = structlog.get_logger(__name__)
 
@@ -95,13 +91,15 @@ class FriendRequests:
         else:
             outcome = f"{REJECT} Rejected" + (f": {reason}" if reason else ".")
         if request.prompt_room_id and request.prompt_event_id:
-            await self._edit_prompt(request, self._prompt_text(label, uin, request.reason, outcome))
+            await self._edit_prompt(request.prompt_room_id, request.prompt_event_id,
+                                    self._prompt_text(label, uin, request.reason, outcome))  # fmt: skip
             await self._withdraw_offers(request.prompt_room_id, request.prompt_event_id)
+        if accept:
+            await self.puppets.befriended(account.qq, uin)  # their presence, at once
         return outcome
 
-    async def _edit_prompt(self, request: object, text: str) -> None:
+    async def _edit_prompt(self, room: str, event_id: str, text: str) -> None:
         """The prompt now shows its outcome, edited in place (no second message)."""
-        room, event_id = request.prompt_room_id, request.prompt_event_id  # type: ignore[attr-defined]
         new = notice_content(text)
         content = {**notice_content(f"* {text}"), "m.new_content": new,
                    "m.relates_to": {"rel_type": "m.replace", "event_id": event_id}}  # fmt: skip

@@ -6,38 +6,44 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
 from qqbridge.bridge.control_room.commands import CommandError, CommandTable, qq_number
-from qqbridge.bridge.control_room.contact_commands import ContactCommands
+from qqbridge.bridge.control_room.permissions import Permissions
 from qqbridge.bridge.control_room.reply import Reply
-from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.notices import ENCRYPTED, txn_for
+from qqbridge.bridge.notifier import Notifier
+from qqbridge.bridge.ports import Matrix
 from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
 from qqbridge.bridge.qq_sessions.outages import clock_time, duration
+from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.matrix.api import MatrixError
+from qqbridge.matrix.content import json_object
 from qqbridge.qq import errors, model, password_md5
-from qqbridge.store import ConflictError
+from qqbridge.store import ConflictError, Store
 from qqbridge.store.rows import BridgeUser, InboxEvent, LoginState
-
-if TYPE_CHECKING:
-    from qqbridge.bridge.core import Bridge
 
 log = structlog.get_logger(__name__)
 
 WELCOME = "Hello! This is your QQ bridge control room. Type `login <QQ number>` to bridge your QQ account."
-ENCRYPTED = ("I cannot read encrypted messages, and this room is encrypted. Start a new direct chat with me "
-             "with encryption turned off (in Element: Start chat → show advanced → disable end-to-end encryption).")  # fmt: skip
 STATUSES = {"online": model.Status.ONLINE, "busy": model.Status.BUSY,
             "invisible": model.Status.INVISIBLE, "offline": model.Status.OFFLINE}  # fmt: skip
 
 
 class ControlRoom:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self.store = bridge.store
-        self.table = table = CommandTable()
+    """`table`: the command table, which this room fills with its own commands (others,
+    such as contact_commands, add theirs); `doctor`: the admin's `doctor` report."""
+
+    def __init__(
+        self, *, store: Store, matrix: Matrix, notifier: Notifier, permissions: Permissions, accounts: Accounts,
+        table: CommandTable, doctor: Callable[[], Awaitable[str]],
+    ) -> None:  # fmt: skip
+        self.store, self.matrix, self.notifier = store, matrix, notifier
+        self.permissions, self.accounts, self._doctor = permissions, accounts, doctor
+        self.table = table
         table.add("help", "list the commands", self.cmd_help)
         table.add("login", "log into a QQ account (the password is asked next)", self.cmd_login,
                   arguments=lambda p: p.add_argument("uin", type=qq_number, metavar="QQ number", help="your QQ number"),
@@ -51,15 +57,14 @@ class ControlRoom:
         table.add("doctor", "check the homeserver, QQ server, database and permissions", self.cmd_doctor, admin=True)
         table.add("logout-user", "force a user's QQ account out", self.cmd_logout_user, admin=True,
                   arguments=lambda p: p.add_argument("mxid", metavar="Matrix ID", help="the Matrix ID"))  # fmt: skip
-        ContactCommands(bridge, table)
 
     # ---- room membership ---------------------------------------------------------------
 
     async def invited(self, room_id: str, inviter: str, event_id: str) -> None:
-        matrix = self.bridge.matrix
-        reply = Reply(self.bridge.notifier, room_id, event_id)
+        matrix = self.matrix
+        reply = Reply(self.notifier, room_id, event_id)
         await matrix.join(room_id)
-        if not self.bridge.permissions.may_use(inviter):
+        if not self.permissions.may_use(inviter):
             log.info("refused a user without permission", mxid=inviter)
             await reply(f"Sorry, {inviter} is not allowed to use this bridge. Ask its administrator to "
                         "add you to `permissions` in the bridge's config.")  # fmt: skip
@@ -67,11 +72,11 @@ class ControlRoom:
             return
         before = await self.store.users.get(inviter)
         await self.store.users.set_control_room(inviter, room_id)
-        await reply(WELCOME + "\n\n" + self.table.help_text(admin=self.bridge.permissions.is_admin(inviter)))
+        await reply(WELCOME + "\n\n" + self.table.help_text(admin=self.permissions.is_admin(inviter)))
         old_room = before.control_room_id if before is not None else None
         if old_room and old_room != room_id:  # a second direct chat with the bot takes over, and the first says so
             try:
-                await self.bridge.notifier.notice(old_room, "This is no longer your control room: the direct chat you opened "
+                await self.notifier.notice(old_room, "This is no longer your control room: the direct chat you opened "
                                          "with me since then is. Give your commands there.", txn_id=txn_for("moved", event_id))  # fmt: skip
             except MatrixError as exc:
                 log.info("could not tell the old control room it moved", room_id=old_room, error=str(exc))
@@ -82,7 +87,7 @@ class ControlRoom:
         if user is not None and user.mxid == mxid:
             await self.store.users.set_control_room(mxid, None)
             try:
-                await self.bridge.matrix.leave(room_id)
+                await self.matrix.leave(room_id)
             except MatrixError as exc:
                 log.info("could not leave a closed control room", room_id=room_id, error=str(exc))
 
@@ -91,14 +96,14 @@ class ControlRoom:
     async def message(self, event: InboxEvent, content: dict[str, Any]) -> None:
         room_id, sender, event_id = event.room_id, event.sender, event.event_id
         user = await self.store.users.by_control_room(room_id)
-        reply = Reply(self.bridge.notifier, room_id, event_id)
+        reply = Reply(self.notifier, room_id, event_id)
         if user is None:
             await self._not_a_control_room(room_id, sender, reply)
             return
         if sender != user.mxid:
             await reply(f"Only {user.mxid} can give commands in this room.")
             return
-        if not self.bridge.permissions.may_use(sender):
+        if not self.permissions.may_use(sender):
             await reply("You are no longer allowed to use this bridge.")
             return
         if not content:
@@ -122,7 +127,7 @@ class ControlRoom:
         """A message in a room the bot is in that is neither a portal nor a control room
         (a control room since replaced, a room the bot was left in): answered, never
         dropped silently, for anyone allowed to use the bridge."""
-        if not self.bridge.permissions.may_use(sender):
+        if not self.permissions.may_use(sender):
             return  # users without permission get nothing
         user = await self.store.users.get(sender)
         if user is not None and user.control_room_id:
@@ -133,9 +138,9 @@ class ControlRoom:
 
     async def encrypted(self, room_id: str, sender: str, event_id: str) -> None:
         """An encrypted message in a room the bot cannot read: say so, and how to fix it."""
-        if not self.bridge.permissions.may_use(sender):
+        if not self.permissions.may_use(sender):
             return
-        await Reply(self.bridge.notifier, room_id, event_id)(ENCRYPTED)
+        await Reply(self.notifier, room_id, event_id)(ENCRYPTED)
 
     async def run_command(
         self, user: BridgeUser, room_id: str, event_id: str, body: str, *, inbox_id: int, in_portal: bool = False
@@ -143,7 +148,7 @@ class ControlRoom:
         """A command typed in the control room, or after `!qq` in a portal; `inbox_id`
         is its event's place in the inbox (a `login` takes only a later message for
         the password)."""
-        reply = Reply(self.bridge.notifier, room_id, event_id, inbox_id)
+        reply = Reply(self.notifier, room_id, event_id, inbox_id)
         text = body.strip().removeprefix("!qq").strip()
         try:
             command, args = self.table.parse(text)
@@ -151,9 +156,9 @@ class ControlRoom:
                 # The password would follow in this room, where messages go to a QQ contact.
                 raise CommandError(f"`{command.name}` works only in your control room (the direct chat with "
                                    "the bridge bot), never in a chat with a QQ contact. Nothing was changed.")  # fmt: skip
-            if command.admin and not self.bridge.permissions.is_admin(user.mxid):
+            if command.admin and not self.permissions.is_admin(user.mxid):
                 raise CommandError(f"`{command.name}` is for bridge admins only")
-            if command.needs_login and self.bridge.accounts.get(user.mxid) is None:
+            if command.needs_login and self.accounts.get(user.mxid) is None:
                 raise CommandError(f"`{command.name}` needs a QQ login; type `login <QQ number>` first")
             await command.handler(user, args, reply)
         except CommandError as exc:
@@ -166,16 +171,16 @@ class ControlRoom:
     async def cannot_redact(self, room_id: str) -> str | None:
         """Why the bot could not redact someone else's message in the room, or None
         when it can (or the power levels cannot be read: the redaction itself tells)."""
-        bot = self.bridge.config.bot_mxid
+        bot = self.matrix.bot_mxid
         try:
-            create = await self.bridge.matrix.get_state(room_id, "m.room.create")
+            create = await self.matrix.get_state(room_id, "m.room.create")
             if bot in (create.get("additional_creators") or ()):  # room v12: a creator outranks every level
                 return None
-            levels = await self.bridge.matrix.get_state(room_id, "m.room.power_levels")
+            levels = await self.matrix.get_state(room_id, "m.room.power_levels")
         except MatrixError as exc:
             log.info("could not read a room's power levels", room_id=room_id, error=exc.errcode)
             return None
-        users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
+        users = json_object(levels.get("users"))
         mine, needed = users.get(bot, levels.get("users_default", 0)), levels.get("redact", 50)
         if isinstance(mine, int) and isinstance(needed, int) and mine < needed:
             return f"that takes power level {needed}; I have {mine}"
@@ -184,7 +189,7 @@ class ControlRoom:
     async def redact_quietly(self, room_id: str, event_id: str) -> bool:
         """Redact a message that may hold a password; False if the homeserver refused."""
         try:
-            await self.bridge.matrix.redact(room_id, event_id, txn_id=f"redact-{event_id}", reason="QQ password")
+            await self.matrix.redact(room_id, event_id, txn_id=f"redact-{event_id}", reason="QQ password")
         except MatrixError as exc:
             log.warning("could not redact a password message", room_id=room_id, error=exc.errcode)
             return False
@@ -193,7 +198,7 @@ class ControlRoom:
     def _state_before_login(self, mxid: str) -> LoginState:
         """Where the user stood before `login`: a running QQ session goes on after a
         cancelled or failed new login, and must still be resumed after a restart."""
-        account = self.bridge.accounts.get(mxid)
+        account = self.accounts.get(mxid)
         if account is None:
             return LoginState.LOGGED_OUT
         return LoginState.BAD_PASSWORD if account.state is AccountState.BAD_PASSWORD else LoginState.LOGGED_IN
@@ -206,6 +211,10 @@ class ControlRoom:
         await self.store.inbox.forget_content(event_id)
         uin = user.pending_login_uin
         before = self._state_before_login(user.mxid)
+        if uin is None:  # awaiting a password always has the QQ number it is for (UserStore.begin_login)
+            await self.store.users.abandon_login(user.mxid, before)
+            await reply("No login is waiting for a password; type `login <QQ number>` to start one.")
+            return
         if body.strip().lower() == "cancel":
             await self.store.users.abandon_login(user.mxid, before)
             await reply("Login cancelled." + (" Your QQ session goes on as before." if before is LoginState.LOGGED_IN else ""))
@@ -213,7 +222,7 @@ class ControlRoom:
         await self.store.users.set_login_state(user.mxid, before)  # pending_login_uin stays: an attempt in flight
         if not redacted:
             await reply("I could not redact your password message (I lack the power to); please delete it yourself.")
-        account = self.bridge.accounts.new(user.mxid, uin, password_md5(body))
+        account = self.accounts.new(user.mxid, uin, password_md5(body))
         try:
             await account.login()
         except (errors.QQError, OSError) as exc:
@@ -228,7 +237,7 @@ class ControlRoom:
             await self.store.users.abandon_login(user.mxid, before)
             await reply(f"QQ {uin} was bridged for another Matrix user meanwhile; nothing was stored.")
             return
-        await self.bridge.accounts.begin(account)
+        await self.accounts.begin(account)
         await reply(f"Logged into QQ as {uin}. Each QQ contact who writes to you gets a direct chat of their own "
                     "(a portal), where you answer them; type `open <QQ number>` to start one, `friends` for your list.")  # fmt: skip
 
@@ -239,7 +248,7 @@ class ControlRoom:
             if user.pending_login_uin is not None and user.login_state != LoginState.AWAITING_PASSWORD:
                 await self.store.users.abandon_login(user.mxid, LoginState(user.login_state))
                 try:
-                    await self.bridge.notifier.tell_user(user.mxid, f"Your login to QQ {user.pending_login_uin} was interrupted "
+                    await self.notifier.tell_user(user.mxid, f"Your login to QQ {user.pending_login_uin} was interrupted "
                                                 f"by a bridge restart. Type `login {user.pending_login_uin}` to try again.")  # fmt: skip
                 except MatrixError as exc:
                     log.warning("could not tell a user their login was interrupted", mxid=user.mxid, error=str(exc))
@@ -247,7 +256,7 @@ class ControlRoom:
     # ---- commands ----------------------------------------------------------------------
 
     async def cmd_help(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        await reply(self.table.help_text(admin=self.bridge.permissions.is_admin(user.mxid)))
+        await reply(self.table.help_text(admin=self.permissions.is_admin(user.mxid)))
 
     async def cmd_login(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         try:
@@ -268,13 +277,13 @@ class ControlRoom:
         await reply("Nothing to cancel: no login is waiting for a password.")
 
     async def cmd_logout(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        account = await self.bridge.accounts.end(user.mxid, logout=True)
+        account = await self.accounts.end(user.mxid, logout=True)
         await self.store.users.logout(user.mxid)
         await reply(f"Logged out of QQ {account.uin if account else ''}. Your portals stay; "
                     "type `login <QQ number>` to bridge again.")  # fmt: skip
 
     async def cmd_ping(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        account = self.bridge.accounts.get(user.mxid)
+        account = self.accounts.get(user.mxid)
         if account is None:
             stopped = f"stopped: bad password; type `login {user.qq_uin or '<QQ number>'}` again"
             await reply(f"QQ: {stopped if user.login_state == LoginState.BAD_PASSWORD else 'not logged in'}.")
@@ -289,7 +298,7 @@ class ControlRoom:
         await reply("\n".join(lines))
 
     async def cmd_status(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        account = self.bridge.accounts.get(user.mxid)
+        account = self.accounts.get(user.mxid)
         assert account is not None  # needs_login
         if args.status is None:
             await reply(f"Your QQ status is {account.status.name.lower()}.")
@@ -308,7 +317,7 @@ class ControlRoom:
     async def cmd_accounts(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         lines = []
         for bridged in await self.store.users.every():
-            account = self.bridge.accounts.get(bridged.mxid)
+            account = self.accounts.get(bridged.mxid)
             if account is not None:
                 state = f"{account_state(account)}; {last_good_poll(account)}"
             else:
@@ -317,17 +326,15 @@ class ControlRoom:
         await reply("\n".join(lines) or "Nobody uses the bridge yet.")
 
     async def cmd_doctor(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
-        from qqbridge.doctor import diagnose, report
-
-        await reply(report(await diagnose(self.bridge.config, store=self.store)))
+        await reply(await self._doctor())
 
     async def cmd_logout_user(self, user: BridgeUser, args: argparse.Namespace, reply: Reply) -> None:
         target = await self.store.users.get(args.mxid)
         if target is None:
             raise CommandError(f"{args.mxid} does not use this bridge")
-        account = await self.bridge.accounts.end(args.mxid, logout=True)
+        account = await self.accounts.end(args.mxid, logout=True)
         await self.store.users.logout(args.mxid)
-        await self.bridge.notifier.tell_user(args.mxid, f"An administrator ({user.mxid}) logged your QQ account out.")
+        await self.notifier.tell_user(args.mxid, f"An administrator ({user.mxid}) logged your QQ account out.")
         await reply(f"Logged {args.mxid} out" + (f" of QQ {account.uin}." if account else " (no running session)."))
 
 

@@ -30,10 +30,11 @@ everything it raises is caught there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
 import structlog
 
@@ -57,7 +58,8 @@ log = structlog.get_logger(__name__)
 
 Deliver = Callable[[str, int, list[model.Event]], Awaitable[None]]
 Notify = Callable[[str, str], Awaitable[None]]
-Hook = Callable[["QQAccount"], Awaitable[None]]
+LoginHook = Callable[["QQAccount"], Awaitable[object]]
+Sender = Callable[["QQAccount"], Coroutine[object, object, None]]
 
 # In protocol seconds, multiplied by qq.time_scale:
 OUTAGE_NOTICE_AFTER = 60.0  # an account out of reach this long is told, once
@@ -101,29 +103,39 @@ class Backoff:
         self._next = self.first
 
 
+@dataclasses.dataclass(frozen=True)
+class SessionOptions:
+    """How every QQ session polls and backs off (the config's `qq` section; seconds,
+    multiplied by `time_scale` where they are protocol time)."""
+
+    poll_fast: float = 1.0
+    poll_idle: float = 30.0
+    backoff_cap: float = 60.0
+    time_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionHooks:
+    """Where a session's events and words go (the core wires them): `deliver` the QQ
+    events it fetched; `notify` the person (`alert` for what needs their answer: it
+    rings); `on_login` after each login (the friend sync); `sender` the outbox's task
+    for this account, started and stopped with the poller."""
+
+    deliver: Deliver
+    notify: Notify
+    alert: Notify | None = None
+    on_login: LoginHook | None = None
+    sender: Sender | None = None
+
+
 class QQAccount:
     def __init__(
-        self,
-        mxid: str,
-        uin: int,
-        password_md5: str,
-        *,
-        qq: QQ,
-        store: Store,
-        deliver: Deliver,
-        notify: Notify,
-        poll_fast: float = 1.0,
-        poll_idle: float = 30.0,
-        backoff_cap: float = 60.0,
-        time_scale: float = 1.0,
-        server: QQServer | None = None,
-        on_login: Hook | None = None,
-        alert: Notify | None = None,
-        sender: Hook | None = None,
-        metrics: Metrics | None = None,
-        logins: Pace | None = None,
-        scheduler: PollScheduler | None = None,
-    ) -> None:
+        self, mxid: str, uin: int, password_md5: str, *, qq: QQ, store: Store, hooks: SessionHooks,
+        options: SessionOptions = SessionOptions(), server: QQServer | None = None, metrics: Metrics | None = None,
+        logins: Pace | None = None, scheduler: PollScheduler | None = None,
+    ) -> None:  # fmt: skip
+        """`server`: the health of the QQ server, shared by the accounts on it; `logins`:
+        the login pace, and `scheduler`: the poll budget, both shared by every account."""
         self.mxid, self.uin = mxid, uin
         self._scheduler = scheduler  # shared: decides when this account polls (None: its own timer)
         self._urgent = False  # poked: the next poll goes without waiting for a turn
@@ -132,10 +144,11 @@ class QQAccount:
         self._password_md5 = password_md5
         self.qq = qq
         self._store = store
-        self._deliver = deliver
-        self._notify = notify
-        self._alert = alert or notify  # for what needs the person's answer: it rings
-        self._poll_fast, self._poll_idle = poll_fast, poll_idle
+        poll_idle, backoff_cap, time_scale = options.poll_idle, options.backoff_cap, options.time_scale
+        self._deliver = hooks.deliver
+        self._notify = hooks.notify
+        self._alert = hooks.alert or hooks.notify  # for what needs the person's answer: it rings
+        self._poll_fast, self._poll_idle = options.poll_fast, poll_idle
         self._scale = time_scale
         self._backoff = Backoff(min(1.0, poll_idle), backoff_cap)
         self._sync_backoff = Backoff(min(1.0, poll_idle), backoff_cap * 5)
@@ -149,8 +162,8 @@ class QQAccount:
         self._poll_error: str | None = None  # why the latest poll failed; None after a good one
         self._sync_error: str | None = None  # why the friend sync failed; None once it worked
         self.friends: set[int] = set()  # as QQ last listed them; strangers are the rest
-        self._on_login = on_login
-        self._sender = sender
+        self._on_login = hooks.on_login
+        self._sender = hooks.sender
         self._metrics = metrics
         self._synced = False  # has on_login run since the latest login?
         self._sync_due = 0.0  # monotonic time before which a failed sync is not tried again

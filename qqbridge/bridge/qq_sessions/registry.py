@@ -5,13 +5,22 @@ poll budget they all draw on. One account's session and poller is `accounts.QQAc
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from qqbridge.bridge.ports import QQ, QQFactory
-from qqbridge.bridge.qq_sessions.accounts import LOGINS_PER_SECOND, Deliver, Notify, QQAccount
+from qqbridge.bridge.ports import QQ, OnAServer, QQFactory
+from qqbridge.bridge.qq_sessions.accounts import (
+    LOGINS_PER_SECOND,
+    Deliver,
+    LoginHook,
+    Notify,
+    QQAccount,
+    Sender,
+    SessionHooks,
+    SessionOptions,
+)
 from qqbridge.bridge.qq_sessions.outages import PROBE_INTERVAL, PROBE_UIN, QQServer
 from qqbridge.bridge.qq_sessions.pacing import Pace
 from qqbridge.bridge.qq_sessions.poll_scheduler import PollScheduler
+from qqbridge.metrics import Metrics
 from qqbridge.store import Store
 
 
@@ -22,21 +31,24 @@ class Accounts:
     def __init__(
         self, qq_factory: QQFactory, store: Store, deliver: Deliver, notify: Notify, *,
         probe_interval: float = PROBE_INTERVAL, logins_per_second: float = LOGINS_PER_SECOND,
-        max_requests_per_second: float | None = None, **options: Any,
+        max_requests_per_second: float | None = None, poll_fast: float = 1.0, poll_idle: float = 30.0,
+        backoff_cap: float = 60.0, time_scale: float = 1.0, alert: Notify | None = None,
+        on_login: LoginHook | None = None, sender: Sender | None = None, metrics: Metrics | None = None,
     ) -> None:  # fmt: skip
         """`max_requests_per_second`: the poll budget of one PollScheduler for every
         account (the bridge passes qq.max_requests_per_second); None, each account
-        polls on its own timer (fast after events, doubling towards poll_idle)."""
+        polls on its own timer (fast after events, doubling towards poll_idle). The
+        rest is what every account gets: `SessionOptions` and `SessionHooks`."""
         self._factory = qq_factory
         self.logins = Pace(logins_per_second)
         self.scheduler = None if max_requests_per_second is None else PollScheduler(
-            max_requests_per_second, poll_fast=options.get("poll_fast", 1.0), time_scale=options.get("time_scale", 1.0)
+            max_requests_per_second, poll_fast=poll_fast, time_scale=time_scale
         )  # fmt: skip
         self._store = store
-        self._deliver = deliver
-        self._notify = notify
+        self._options = SessionOptions(poll_fast, poll_idle, backoff_cap, time_scale)
+        self._hooks = SessionHooks(deliver, notify, alert, on_login, sender)
+        self._metrics = metrics
         self._probe_interval = probe_interval
-        self._options = options
         self.running: dict[str, QQAccount] = {}
         self.servers: dict[str, QQServer] = {}
 
@@ -46,16 +58,16 @@ class Accounts:
     def new(self, mxid: str, uin: int, password_md5: str) -> QQAccount:
         qq = self._factory(uin)
         return QQAccount(
-            mxid, uin, password_md5, qq=qq, store=self._store, deliver=self._deliver, notify=self._notify,
-            server=self.server_for(qq), logins=self.logins, scheduler=self.scheduler, **self._options,
+            mxid, uin, password_md5, qq=qq, store=self._store, hooks=self._hooks, options=self._options,
+            server=self.server_for(qq), metrics=self._metrics, logins=self.logins, scheduler=self.scheduler,
         )  # fmt: skip
 
     def server_for(self, qq: QQ) -> QQServer:
         """The health of `qq`'s server, shared by every account on it. A QQ that names
         no server (a test's fake) gets one of its own that is never probed."""
-        url = getattr(qq, "server_url", None)
-        if not isinstance(url, str):
+        if not isinstance(qq, OnAServer):
             return QQServer(f"QQ {qq.uin}", None)
+        url = qq.server_url
         if url not in self.servers:
             self.servers[url] = QQServer(url, self._probe, interval=self._probe_interval)
         return self.servers[url]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from qqbridge.matrix.content import json_object
+
 MEDIA = {"m.image": "image", "m.file": "file", "m.audio": "audio", "m.video": "video"}
 
 
@@ -37,7 +39,7 @@ def outgoing_text(event_type: str, content: dict[str, Any], media_base: str) -> 
         return f"[sticker: {content.get('body') or 'sticker'}] {download_link(content.get('url'), media_base)}"
     if event_type != "m.room.message":
         return None
-    relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
+    relates = json_object(content.get("m.relates_to"))
     edited = relates.get("rel_type") == "m.replace" and isinstance(content.get("m.new_content"), dict)
     if edited:
         content = content["m.new_content"]

@@ -32,7 +32,8 @@ from qqbridge.bridge.control_room.room import ControlRoom
 from qqbridge.bridge.notices import txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix, QQFactory
-from qqbridge.bridge.qq_sessions.accounts import AccountState, Backoff
+from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.relay.inbound import Inbound
 from qqbridge.bridge.relay.outbox import Outbox

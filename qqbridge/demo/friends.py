@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from qqbridge.bridge.qq_sessions.accounts import Backoff
+from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.qq import QQClient, errors, model, password_md5, split_message
 
 log = logging.getLogger("qqbridge.demo")

@@ -320,23 +320,6 @@ class ChangeStat(Command[None]):
         return [("ST", str(int(model.Status(self.status))))]
 
 
-_EVENT_KINDS = {9, 99, 2, 3, 4}
-
-
-def _event(kind: int, sender: int, content: str) -> model.Event:
-    if kind == 9:
-        return model.Message(sender=sender, text=content)
-    if kind == 99 and content in ("10", "20", "30"):
-        return model.StatusChange(uin=sender, status=model.Status(int(content)))
-    if kind == 2:
-        return model.FriendRequest(sender=sender, reason=content)
-    if kind == 3:
-        return model.RequestAccepted(sender=sender)
-    if kind == 4:
-        return model.RequestRejected(sender=sender, reason=content)
-    return model.UnknownEvent(kind=kind, sender=sender, content=content)
-
-
 @dataclass(frozen=True)
 class GetMsgEx(Command[model.MessageBatch]):
     """Fetch queued events, oldest first, at most 50 (then `full`)."""
@@ -352,7 +335,7 @@ class GetMsgEx(Command[model.MessageBatch]):
             raise RemoteProtocolError(
                 f"GetMsgEx: MN={count} but MT, UN, MG hold {len(kinds)}, {len(senders)}, {len(contents)}"
             )
-        events = tuple(_event(k, s, c) for k, s, c in zip(kinds, senders, contents, strict=True))
+        events = tuple(model.event_from(k, s, c) for k, s, c in zip(kinds, senders, contents, strict=True))
         return model.MessageBatch(events=events, full=count >= GETMSG_CAP)
 
 

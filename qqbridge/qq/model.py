@@ -185,6 +185,16 @@ class AddResult:
 # ---- incoming events (GetMsgEx) ------------------------------------------------------------
 
 
+class EventKind(enum.IntEnum):
+    """GetMsgEx's MT: what an event is, as the wire and the store number it."""
+
+    MESSAGE = 9
+    STATUS_CHANGE = 99
+    FRIEND_REQUEST = 2
+    REQUEST_ACCEPTED = 3
+    REQUEST_REJECTED = 4
+
+
 @dataclass(frozen=True)
 class Message:
     """MT=9: a user's message."""
@@ -236,6 +246,40 @@ class UnknownEvent:
 
 
 Event = Message | StatusChange | FriendRequest | RequestAccepted | RequestRejected | UnknownEvent
+
+
+def event_from(kind: int, sender: int, content: str) -> Event:
+    """The typed event of an (MT, UN, MG) triple, as GetMsgEx carries it and the store
+    keeps it; what this reading of the protocol does not know is an UnknownEvent."""
+    if kind == EventKind.MESSAGE:
+        return Message(sender=sender, text=content)
+    if kind == EventKind.STATUS_CHANGE and content in ("10", "20", "30"):
+        return StatusChange(uin=sender, status=Status(int(content)))
+    if kind == EventKind.FRIEND_REQUEST:
+        return FriendRequest(sender=sender, reason=content)
+    if kind == EventKind.REQUEST_ACCEPTED:
+        return RequestAccepted(sender=sender)
+    if kind == EventKind.REQUEST_REJECTED:
+        return RequestRejected(sender=sender, reason=content)
+    return UnknownEvent(kind=kind, sender=sender, content=content)
+
+
+def event_fields(event: Event) -> tuple[int, int, str]:
+    """The (MT, UN, MG) triple of an event, as the protocol carried it: `event_from`
+    undone."""
+    match event:
+        case Message(sender, text):
+            return EventKind.MESSAGE, sender, text
+        case StatusChange(uin, status):
+            return EventKind.STATUS_CHANGE, uin, str(int(status))
+        case FriendRequest(sender, reason):
+            return EventKind.FRIEND_REQUEST, sender, reason
+        case RequestAccepted(sender):
+            return EventKind.REQUEST_ACCEPTED, sender, ""
+        case RequestRejected(sender, reason):
+            return EventKind.REQUEST_REJECTED, sender, reason
+        case UnknownEvent(kind, sender, content):
+            return kind, sender, content
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,15 @@ import asyncio
 import colorsys
 import io
 import random
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import quote
 
 import httpx
 import structlog
 from PIL import Image, ImageDraw, ImageFont
 
+from qqbridge.bridge.ports import Matrix
 from qqbridge.store import Store
 
 log = structlog.get_logger(__name__)
@@ -98,7 +100,7 @@ class HomeserverMedia:
     `as_token` in a header; `set_avatar_url` goes through HomeserverAPI.request,
     masquerading as the user."""
 
-    def __init__(self, matrix: Any, base_url: str, as_token: str) -> None:
+    def __init__(self, matrix: Matrix, base_url: str, as_token: str) -> None:
         self.matrix, self.base_url, self._auth = matrix, base_url.rstrip("/"), {"Authorization": f"Bearer {as_token}"}
 
     async def upload(self, data: bytes, content_type: str, filename: str) -> str:
@@ -144,14 +146,13 @@ class Avatars:
         self._drawing: dict[str, asyncio.Lock] = {}
         self.uploads = 0
 
-    async def picture(self, key: str, draw: Any, filename: str) -> str:
+    async def picture(self, media: Media, key: str, draw: Callable[[], bytes], filename: str) -> str:
         """The mxc:// of a picture, drawn and uploaded the first time it is asked for."""
-        assert self.media is not None
         async with self._drawing.setdefault(key, asyncio.Lock()):  # two puppets, one face: one upload
             known = await self.store.state.get(key)
             if known:
                 return known
-            mxc = await self.media.upload(draw(), "image/png", filename)
+            mxc = await media.upload(draw(), "image/png", filename)
             self.uploads += 1
             await self.store.state.set(key, mxc)
             log.info("picture uploaded", key=key, mxc=mxc)
@@ -164,20 +165,20 @@ class Avatars:
             if face is not None and number is None:
                 log.info("no picture for a face id out of range", mxid=mxid, face=face)
             return False
-        return await self._show(mxid, f"avatar:face:{number}", lambda: draw_face(number), f"qq-face-{number}.png")
+        return await self._show(self.media, mxid, f"avatar:face:{number}", lambda: draw_face(number), f"qq-face-{number}.png")
 
     async def show_bot(self, mxid: str) -> bool:
         if self.media is None:
             return False
-        return await self._show(mxid, BOT_KEY, draw_bot, "qqbridge.png")
+        return await self._show(self.media, mxid, BOT_KEY, draw_bot, "qqbridge.png")
 
-    async def _show(self, mxid: str, key: str, draw: Any, filename: str) -> bool:
+    async def _show(self, media: Media, mxid: str, key: str, draw: Callable[[], bytes], filename: str) -> bool:
         try:
-            mxc = await self.picture(key, draw, filename)
+            mxc = await self.picture(media, key, draw, filename)
             shown = f"avatar:user:{mxid}"
             if await self.store.state.get(shown) == mxc:
                 return True
-            await self.media.set_avatar_url(mxid, mxc)  # type: ignore[union-attr]
+            await media.set_avatar_url(mxid, mxc)
             await self.store.state.set(shown, mxc)
             return True
         except asyncio.CancelledError:

@@ -12,7 +12,7 @@ import argparse
 import difflib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from qqbridge.bridge.notices import BULLET
 from qqbridge.qq import model
@@ -111,5 +111,5 @@ def rest_of_line(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     parser.add_argument(name, nargs=argparse.REMAINDER, help=help)
 
 
-def joined(words: Any) -> str:
+def joined(words: list[str] | None) -> str:
     return " ".join(words or [])

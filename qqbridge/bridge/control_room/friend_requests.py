@@ -19,7 +19,7 @@ from qqbridge.bridge.ports import Matrix
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.matrix.api import MatrixError
 from qqbridge.qq import errors
-from qqbridge.store import Store
+from qqbridge.store import FriendRequestState, Store
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +70,7 @@ class FriendRequests:
     async def answer(self, owner: str, uin: int, accept: bool, reason: str = "") -> str:
         """Send the answer to QQ, record it, edit the prompt; the text to tell the user."""
         request = await self.store.friend_requests.get(owner, uin)
-        if request is None or request.state != "pending":
+        if request is None or request.state != FriendRequestState.PENDING:
             raise CommandError(f"There is no pending friend request from {uin}; type `requests` to see them.")
         account = self.accounts.get(owner)
         if account is None:
@@ -82,7 +82,7 @@ class FriendRequests:
                 await account.qq.reject_request(uin, reason)
         except errors.QQError as exc:
             raise CommandError(f"QQ did not take the answer: {exc}. The request is still pending.") from None
-        await self.store.friend_requests.answer(owner, uin, "accepted" if accept else "rejected")
+        await self.store.friend_requests.answer(owner, uin, FriendRequestState.ACCEPTED if accept else FriendRequestState.REJECTED)
         label = await self.puppets.label(uin)
         if accept:
             account.friends.add(uin)
@@ -119,7 +119,7 @@ class FriendRequests:
         """A reaction on a prompt: the outcome text, or None if it was not an answer."""
         answer = reaction_answer(key)
         request = await self.store.friend_requests.by_prompt(prompt_event_id)
-        if answer is None or request is None or request.owner_mxid != owner or request.state != "pending":
+        if answer is None or request is None or request.owner_mxid != owner or request.state != FriendRequestState.PENDING:
             return None
         return await self.answer(owner, request.from_uin, answer)
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
@@ -40,6 +39,7 @@ import structlog
 
 from qqbridge.bridge.notices import one_line
 from qqbridge.bridge.ports import QQ
+from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.bridge.qq_sessions.outages import (
     OutageNotice,
     QQServer,
@@ -86,21 +86,6 @@ def failure_kind(exc: BaseException) -> str:
         ((errors.RemoteProtocolError, errors.NullReply), "qq_protocol"), (errors.IllegalAccount, "qq_refused"),
     ]  # fmt: skip
     return next((kind for types, kind in kinds if isinstance(exc, types)), "internal")
-
-
-class Backoff:
-    """Doubling waits with jitter, capped; `reset` after a success."""
-
-    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
-        self.first, self.cap, self._next = first, cap, first
-
-    def next(self) -> float:
-        wait = self._next * (0.5 + random.random() / 2)
-        self._next = min(self._next * 2, self.cap)
-        return wait
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 @dataclasses.dataclass(frozen=True)

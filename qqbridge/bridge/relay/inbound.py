@@ -43,7 +43,7 @@ import structlog
 from qqbridge.bridge.notices import one_line, quoted, txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix
-from qqbridge.bridge.qq_sessions.accounts import Backoff
+from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.matrix.api import MatrixError
 from qqbridge.matrix.homeserver_health import AlwaysAnswering, HomeserverHealth
 from qqbridge.metrics import Metrics
@@ -69,30 +69,14 @@ ALL_STATUSES = 32  # the same for the whole bridge
 IN_HAND = 256  # rows of one user read from the store and not yet done, at most
 PAGE = 128  # rows read beyond those in hand at a time
 RECHECK_OUTAGE = 60.0  # while the homeserver is down, look again anyway this often (no request goes out)
-_KINDS = {9: "message", 99: "status change", 2: "friend request", 3: "friend request answer",
-          4: "friend request answer"}  # fmt: skip
+_KINDS: dict[int, str] = {model.EventKind.MESSAGE: "message", model.EventKind.STATUS_CHANGE: "status change",
+          model.EventKind.FRIEND_REQUEST: "friend request", model.EventKind.REQUEST_ACCEPTED: "friend request answer",
+          model.EventKind.REQUEST_REJECTED: "friend request answer"}  # fmt: skip
+_QUOTED = (model.EventKind.MESSAGE, model.EventKind.FRIEND_REQUEST, model.EventKind.REQUEST_REJECTED)
 
 
 class Unrelayable(Exception):
     """A stored row that can never be relayed as it is (the message says why)."""
-
-
-def as_row(event: model.Event) -> tuple[int, int, str]:
-    """(MT, sender, content) as the protocol carried it."""
-    match event:
-        case model.Message(sender, text):
-            return 9, sender, text
-        case model.StatusChange(uin, status):
-            return 99, uin, str(int(status))
-        case model.FriendRequest(sender, reason):
-            return 2, sender, reason
-        case model.RequestAccepted(sender):
-            return 3, sender, ""
-        case model.RequestRejected(sender, reason):
-            return 4, sender, reason
-        case model.UnknownEvent(kind, sender, content):
-            return kind, sender, content
-    raise TypeError(event)
 
 
 def passing(exc: BaseException) -> bool:
@@ -142,7 +126,7 @@ class Inbound:
         if uin is None:
             log.warning("QQ events for a user who is no longer bridged", owner=owner, count=len(events))
             return
-        await self.store.inbound.add_batch(owner, uin, seq, [as_row(event) for event in events])
+        await self.store.inbound.add_batch(owner, uin, seq, [model.event_fields(event) for event in events])
         self.wake(owner)
 
     def wake(self, owner: str) -> None:
@@ -217,7 +201,7 @@ class Inbound:
             return
         self._tries.pop(row.inbound_id, None)
         await self.store.inbound.mark_relayed(row.inbound_id, event_id)
-        if row.kind == 9:
+        if row.kind == model.EventKind.MESSAGE:
             self.metrics.messages.labels("qq_to_matrix").inc()
             self.metrics.latency.labels("qq_to_matrix").observe(time.time() - row.fetched_at / 1000)
 
@@ -236,7 +220,7 @@ class Inbound:
             except Exception:  # the label is a nicety; the notice is not
                 log.warning("no label for a set-aside event's sender", uin=row.sender_uin, exc_info=True)
         what = _KINDS.get(row.kind, f"event (MT={row.kind})")
-        said = f": {quoted(row.content, 100)}" if row.content and row.kind in (9, 2, 4) else ""
+        said = f": {quoted(row.content, 100)}" if row.content and row.kind in _QUOTED else ""
         text = f"⚠ A QQ {what} from {who} could not be shown here, and was set aside: {why}{said}"
         try:
             await self.notifier.notice_user(owner, text, txn_id=txn_for("set-aside", row.inbound_id))
@@ -250,43 +234,49 @@ class Inbound:
         sender = row.sender_uin
         if not model.legal_uin(sender):
             raise Unrelayable(f"{sender} is not a QQ number ({model.MIN_UIN} to {model.MAX_UIN}); the QQ server sent a bad sender")
-        if row.kind == 9:
-            account = self.accounts.get(owner)
-            if account is not None:
-                await self.puppets.learn_nick(account.qq, sender)
-            stranger = account is not None and sender not in account.friends
-            # The portal's room as stored, read without a write in the common case (a
-            # burst spends its time in the store's one writer otherwise); room_for when
-            # there is none yet, or a stranger's portal to mark as a friend's.
-            portal = await self.store.portals.get(owner, sender)
-            if portal is not None and portal.room_id and (stranger or not portal.stranger):
-                room_id = portal.room_id
-            else:
-                room_id = await self.portals.room_for(owner, sender, stranger=stranger)
-            puppet = await self.puppets.ensure(sender)
-            # Plain text, never HTML; and it mentions no one, so `@room` from QQ pings nobody.
-            content = {"msgtype": "m.text", "body": row.content, "m.mentions": {}}
-            return await self.matrix.send(room_id, content, txn_id=txn_for("in", row.inbound_id), user_id=puppet)
-        if row.kind == 99 and row.content in ("10", "20", "30"):
-            await self.puppets.set_presence(sender, model.Status(int(row.content)))
-            return None
-        if row.kind == 2:
-            account = self.accounts.get(owner)
-            if account is not None:
-                await self.puppets.learn_nick(account.qq, sender)
-            return await self.friend_requests.prompt(owner, sender, row.content, cause=row.inbound_id)
-        label = await self.puppets.label(sender)
-        if row.kind == 3:
-            account = self.accounts.get(owner)
-            if account is not None:
-                account.friends.add(sender)
-                await self._befriended(account, sender)
-            text = f"{label} accepted your friend request."
-        elif row.kind == 4:
-            text = f"{label} rejected your friend request" + (f": {quoted(row.content)}" if row.content else ".")
-        else:
-            text = f"QQ sent something this bridge does not understand (MT={row.kind} from {label}: {quoted(row.content)})."
+        match model.event_from(row.kind, sender, row.content):
+            case model.Message(_, text):
+                return await self._message(owner, sender, text, row.inbound_id)
+            case model.StatusChange(_, status):
+                await self.puppets.set_presence(sender, status)
+                return None
+            case model.FriendRequest(_, reason):
+                account = self.accounts.get(owner)
+                if account is not None:
+                    await self.puppets.learn_nick(account.qq, sender)
+                return await self.friend_requests.prompt(owner, sender, reason, cause=row.inbound_id)
+            case model.RequestAccepted():
+                account = self.accounts.get(owner)
+                if account is not None:
+                    account.friends.add(sender)
+                    await self._befriended(account, sender)
+                text = f"{await self.puppets.label(sender)} accepted your friend request."
+            case model.RequestRejected(_, reason):
+                label = await self.puppets.label(sender)
+                text = f"{label} rejected your friend request" + (f": {quoted(reason)}" if reason else ".")
+            case model.UnknownEvent(kind, _, content):
+                label = await self.puppets.label(sender)
+                text = f"QQ sent something this bridge does not understand (MT={kind} from {label}: {quoted(content)})."
         return await self.notifier.notice_user(owner, text, txn_id=txn_for("in", row.inbound_id))
+
+    async def _message(self, owner: str, sender: int, text: str, inbound_id: int) -> str:
+        """MT=9: the puppet says it in the portal (created if need be), plain text."""
+        account = self.accounts.get(owner)
+        if account is not None:
+            await self.puppets.learn_nick(account.qq, sender)
+        stranger = account is not None and sender not in account.friends
+        # The portal's room as stored, read without a write in the common case (a
+        # burst spends its time in the store's one writer otherwise); room_for when
+        # there is none yet, or a stranger's portal to mark as a friend's.
+        portal = await self.store.portals.get(owner, sender)
+        if portal is not None and portal.room_id and (stranger or not portal.stranger):
+            room_id = portal.room_id
+        else:
+            room_id = await self.portals.room_for(owner, sender, stranger=stranger)
+        puppet = await self.puppets.ensure(sender)
+        # Plain text, never HTML; and it mentions no one, so `@room` from QQ pings nobody.
+        content = {"msgtype": "m.text", "body": text, "m.mentions": {}}
+        return await self.matrix.send(room_id, content, txn_id=txn_for("in", inbound_id), user_id=puppet)
 
     async def _befriended(self, account: QQAccount, uin: int) -> None:
         """A contact accepted the user's request: their presence now, not at the next
@@ -309,7 +299,7 @@ def lane_of(row: InboundMessage) -> Lane:
     """The rows that must go one after another: a contact's status changes, and
     everything else the contact sent (messages in their portal, a friend request and
     its answer in the control room)."""
-    return ("status" if row.kind == 99 else "contact", row.sender_uin)
+    return ("status" if row.kind == model.EventKind.STATUS_CHANGE else "contact", row.sender_uin)
 
 
 class _Run:

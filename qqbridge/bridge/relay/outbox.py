@@ -27,7 +27,8 @@ import structlog
 
 from qqbridge.bridge.notices import notice_content, txn_for
 from qqbridge.bridge.ports import Matrix
-from qqbridge.bridge.qq_sessions.accounts import Backoff, QQAccount
+from qqbridge.bridge.qq_sessions.accounts import QQAccount
+from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.bridge.qq_sessions.outages import QQServer, clock_time, outage_reason
 from qqbridge.matrix.api import MatrixError
 from qqbridge.metrics import Metrics

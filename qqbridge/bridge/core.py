@@ -1,11 +1,12 @@
-"""The bridge core: takes the homeserver's stored events in order and acts on them.
+"""The bridge core: the composition of the parts, and the router of the homeserver's
+stored events, taken in order.
 
-    appservice endpoint ──stores──▶ inbox ──wake──▶ Bridge._inbox_loop
+    appservice endpoint ──stores──▶ inbox ──wake──▶ Bridge._inbox_loop ──▶ Bridge.handle
         └─ one worker per room, so rooms run side by side and each keeps its order:
-           bot invited → control room (or a refusal) · control room message → command
-           or the awaited password · owner left → control room closed
-           portal message from its owner → outbox (or a `!qq` command) · reaction on a
-           friend-request prompt → the answer · redaction in a portal → "QQ cannot unsend"
+           bot invited, control room message → ControlRoom (a command, or the awaited
+           password) · owner left → control room closed, Portals.owner_left
+           event in a portal → PortalIntake (→ Outbox, or a `!qq` command, or a notice)
+           reaction on a friend-request prompt → FriendRequests (the answer)
     QQAccount pollers ──events──▶ Inbound (stored, then relayed) · senders ◀── Outbox
 
 Events from the bot and from puppets are ignored, so nothing the bridge says comes

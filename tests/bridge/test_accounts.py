@@ -186,3 +186,31 @@ async def test_a_batch_stored_before_a_crash_is_not_fetched_again_under_its_seq(
     await until(lambda: delivered)
     await accounts.close()
     assert qq.seqs[0] == 42 and delivered == [42]
+
+
+async def test_a_status_change_qq_refuses_as_too_soon_is_tried_again_after_its_penalty() -> None:
+    """A new login sets QQ back to online; the status the user chose comes back, even
+    when QQ refuses the first try as too soon after the user's own change (RES=3)."""
+
+    class Refusing(ScriptedQQ):
+        def __init__(self) -> None:
+            super().__init__(10001, [errors.NotLoggedIn("GetMsgEx")])
+            self.statuses: list[object] = []
+
+        async def set_status(self, status: model.Status, *, seq: int | None = None) -> None:
+            self.statuses.append(errors.RateLimited("Change_Stat") if not self.statuses else status)
+            if isinstance(self.statuses[-1], Exception):
+                raise self.statuses[-1]
+
+    async def ignore(*args: Any) -> None: ...
+
+    qq = Refusing()
+    accounts = Accounts(lambda uin: qq, MemoryStore(), ignore, ignore, poll_fast=0.01, poll_idle=0.05,
+                        time_scale=0.01)  # fmt: skip
+    await accounts.resume("@u:x", 10001, "0" * 32)
+    account = accounts.get("@u:x")
+    assert account is not None
+    account.wanted_status = account.status = model.Status.BUSY  # `status busy`, before the session was lost
+    await until(lambda: account.status is model.Status.BUSY and len(qq.statuses) == 2)
+    await accounts.close()
+    assert qq.logins == 2 and isinstance(qq.statuses[0], errors.RateLimited) and qq.statuses[1] is model.Status.BUSY

@@ -1,8 +1,8 @@
 """After a login and on `sync`: the QQ friend list, nicknames and presence, brought
-into Matrix; and the status the user chose, which a new login set back to online.
+into Matrix. (The status the user chose is the QQ session's to restore.)
 
     QQAccount logged in ──on_login──▶ FriendSync.sync(account)
-        set_status (if the user chose another) · List · Query_Stat
+        List · Query_Stat
         ──▶ puppets: ensure (nickname, face) · presence, said again for everyone
         ──▶ synced(mxid): the relay looks again at what waited meanwhile
 """
@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 
 from qqbridge.bridge.qq_sessions.accounts import QQAccount
-from qqbridge.qq import errors, model
+from qqbridge.qq import model
 
 log = structlog.get_logger(__name__)
 
@@ -37,12 +37,6 @@ class FriendSync:
 
     async def sync(self, account: QQAccount) -> int:
         """Friends, nicknames and presence from QQ; how many friends are online."""
-        if account.status != account.wanted_status:
-            try:
-                await account.qq.set_status(account.wanted_status)
-                account.status = account.wanted_status
-            except errors.RateLimited:
-                log.info("status not restored yet: QQ says too fast", uin=account.uin)
         friends = await account.qq.friends()
         online = await account.qq.online_friends()
         account.friends = set(friends)

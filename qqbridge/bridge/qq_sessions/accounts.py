@@ -65,6 +65,7 @@ Sender = Callable[["QQAccount"], Coroutine[object, object, None]]
 OUTAGE_NOTICE_AFTER = 60.0  # an account out of reach this long is told, once
 OUTAGE_QUIET = 600.0  # at most one pair of outage notices per account in this time
 DRAIN_ROUNDS = 20  # full GetMsgEx replies fetched back to back before a pause (1,000 messages)
+STATUS_RETRY = 21.0  # after QQ refused a status change as too fast: its 20 s penalty, and a little
 SEQ_BLOCK = 100  # GetMsgEx SEQs reserved in the store with one write
 SESSION_LOSSES = 3  # RES=20 this often in a row, with no good poll between: pause with backoff
 LOGINS_PER_SECOND = 200.0  # all accounts together (qq.logins_per_second): 1,000 in 5 s, no storm
@@ -152,6 +153,7 @@ class QQAccount:
         self._metrics = metrics
         self._synced = False  # has on_login run since the latest login?
         self._sync_due = 0.0  # monotonic time before which a failed sync is not tried again
+        self._status_due = 0.0  # monotonic time before which the chosen status is not set again
         self._sync_told: set[str] = set()  # sync problems the person was told about
         self._losses = 0  # RES=20 in a row, with no good poll between
         self._pending_seq: int | None = None  # the GetMsgEx SEQ sent and not yet released
@@ -260,6 +262,7 @@ class QQAccount:
                             await self.login()
                     log.info("QQ session open", uin=self.uin)
                     self._urgent = True  # the logins are paced already: poll as soon as one is in
+                await self._restore_status_when_due()
                 await self._sync_when_due()
                 if self._scheduler is not None:
                     await self._scheduler.turn(self, urgent=self._urgent)
@@ -386,7 +389,21 @@ class QQAccount:
         await self._alert(self.mxid, f"QQ refused the stored password for {self.uin} ({exc.reason or 'no reason given'}); "
                            f"polling stopped. Type `login {self.uin}` to log in again.")
 
-    # ---- the friend sync after a login -------------------------------------------------
+    # ---- after a login: the chosen status, the friend sync ----------------------------
+
+    async def _restore_status_when_due(self) -> None:
+        """The status the user chose (`status busy`), which a new login set back to
+        online. QQ refuses a change too soon after the last one (RES=3, and 20 s of
+        penalty): it is tried again once that has passed."""
+        if self.status == self.wanted_status or time.monotonic() < self._status_due:
+            return
+        try:
+            await self.qq.set_status(self.wanted_status)
+        except errors.RateLimited:
+            self._status_due = time.monotonic() + STATUS_RETRY * self._scale
+            log.info("status not restored yet: QQ says too fast", uin=self.uin)
+            return
+        self.status = self.wanted_status
 
     async def _sync_when_due(self) -> None:
         """`on_login` (friends, nicknames, presence, the chosen status) once per login.

@@ -187,9 +187,11 @@ class SQLiteDatabase(Database):
             return
         async with self._lock:
             await self._settle()
-            await self._on_connection("BEGIN IMMEDIATE", (), fetch=False)
             token = self._depth.set(0)
             try:
+                # Inside the try: a task cancelled while its BEGIN is on its way still has
+                # the BEGIN run by aiosqlite's thread, and must end that transaction too.
+                await self._on_connection("BEGIN IMMEDIATE", (), fetch=False)
                 yield
                 await self._on_connection("COMMIT", (), fetch=False)
             except BaseException:

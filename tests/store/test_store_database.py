@@ -233,3 +233,27 @@ async def test_close_is_idempotent(db_url: str) -> None:
     db = await connect(db_url)
     await db.close()
     await db.close()
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(tmp_path) -> None:
+    """A task cancelled while its BEGIN is on its way to SQLite's thread (a shutdown, a
+    deadline): the BEGIN still runs there, and the next transaction must not find it
+    open ("cannot start a transaction within a transaction")."""
+    db = await connect(str(tmp_path / "x.db"))
+    try:
+        await db.execute("CREATE TABLE t (x INTEGER)")
+        for attempt in range(50):  # the cancel lands at a different point each time
+
+            async def writer(value: int) -> None:
+                async with db.transaction():
+                    await db.execute("INSERT INTO t (x) VALUES ($1)", value)
+
+            task = asyncio.create_task(writer(attempt))
+            for _ in range(attempt % 5):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await writer(-1)  # must begin, insert and commit
+        assert await db.fetchval("SELECT COUNT(*) FROM t WHERE x = -1") == 50
+    finally:
+        await db.close()

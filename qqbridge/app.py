@@ -39,6 +39,7 @@ from qqbridge.bridge.core import Bridge
 from qqbridge.config import Config
 from qqbridge.matrix.api import HomeserverAPI, MatrixError
 from qqbridge.matrix.appservice import AppserviceEndpoint
+from qqbridge.matrix.encryption import Encryption
 from qqbridge.matrix.http_limits import ConnectionGuard, HttpLimits, fit_to_open_file_limit
 from qqbridge.metrics import Metrics
 from qqbridge.qq import QQClient
@@ -75,10 +76,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
         metrics = Metrics()
         media = HomeserverMedia(matrix, config.homeserver.url, config.appservice.as_token)
-        bridge = Bridge(config, store, matrix, qq_for, metrics, homeserver=matrix.health, media=media)
+        encryption = None
+        if config.encryption.allow:
+            encryption = Encryption(matrix, store.crypto, ours=config.is_bridge_user, key_wait=config.encryption.key_wait)
+            matrix.encrypt_with(encryption)
+        bridge = Bridge(config, store, matrix, qq_for, metrics, homeserver=matrix.health, media=media,
+                        encryption=encryption)  # fmt: skip
         endpoint = AppserviceEndpoint(
             config.appservice.hs_token, store.inbox, on_stored=bridge.wake, user_exists=bridge.user_exists,
             on_rejected=metrics.failures.labels("matrix_bad_event").inc,
+            before_storing=encryption.receive if encryption is not None else None,
         )
         health.add_routes(endpoint.app, bridge, store, metrics, homeserver=matrix.health)
         guard = ConnectionGuard(http_limits(config))

@@ -107,6 +107,14 @@ class Database(_Section):
     retention_days: float = Field(7.0, gt=0, description="how long delivered messages stay in the database")
 
 
+class Encryption(_Section):
+    allow: bool = Field(False, description="read and write encrypted rooms (docs/encryption.md); needs the "
+                        "homeserver's appservice extensions MSC2409 and MSC3202")
+    default: bool = Field(False, description="create new portals encrypted (with allow)")
+    key_wait: float = Field(30.0, gt=0, le=600, description="seconds an encrypted message waits for its room key "
+                            "before the person is asked to send it again")
+
+
 class Logging(_Section):
     format: Literal["console", "json"] = "console"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -119,6 +127,7 @@ class Config(BaseSettings):
     appservice: Appservice = Appservice()
     qq: QQ = QQ()
     database: Database = Database()
+    encryption: Encryption = Encryption()
     logging: Logging = Logging()
     permissions: dict[str, Literal["user", "admin"]] = Field(default_factory=dict)
 
@@ -159,6 +168,10 @@ class Config(BaseSettings):
         pattern = f"@{re.escape(prefix)}(\\d{{1,10}}){re.escape(suffix)}:{re.escape(self.homeserver.domain)}"
         match = re.fullmatch(pattern, mxid)
         return int(match.group(1)) if match else None
+
+    def is_bridge_user(self, mxid: str) -> bool:
+        """The bot or one of the puppets."""
+        return mxid == self.bot_mxid or self.puppet_uin(mxid) is not None
 
 
 def _describe(error: ValidationError, source: str) -> str:

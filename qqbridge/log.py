@@ -157,6 +157,9 @@ def configure(format: str = "console", level: str = "INFO", *, limiter: RepeatLi
     root.setLevel(level)
     for noisy in ("aiohttp.access", "httpx", "httpcore", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # matrix-nio's crypto logs whole payloads (decrypted events among them) below WARNING:
+    # decrypted text is never logged (docs/encryption.md).
+    logging.getLogger("nio").setLevel(logging.WARNING)
 
     structlog.configure(
         processors=[

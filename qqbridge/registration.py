@@ -49,7 +49,14 @@ def registration_for(config: Config) -> dict[str, Any]:
         },
         "rate_limited": False,
         "protocols": ["qq"],
+        **(_ENCRYPTION if config.encryption.allow else {}),
     }
+
+
+# What end-to-bridge encryption needs in the transactions (docs/encryption.md): to-device
+# events (MSC2409, in the stable and the older spelling) and one-time key counts and
+# device lists (MSC3202). The homeserver must enable both too (`experimental_features`).
+_ENCRYPTION = {"receive_ephemeral": True, "de.sorunome.msc2409.push_ephemeral": True, "org.matrix.msc3202": True}
 
 
 # ---- putting the tokens into the config ------------------------------------------------

@@ -32,7 +32,7 @@ from qqbridge.bridge.control_room.permissions import Permissions
 from qqbridge.bridge.control_room.room import ControlRoom
 from qqbridge.bridge.notices import txn_for
 from qqbridge.bridge.notifier import Notifier
-from qqbridge.bridge.ports import Matrix, QQFactory
+from qqbridge.bridge.ports import Matrix, QQFactory, RoomEncryption
 from qqbridge.bridge.qq_sessions.accounts import AccountState
 from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.bridge.qq_sessions.registry import Accounts
@@ -41,6 +41,7 @@ from qqbridge.bridge.relay.outbox import Outbox
 from qqbridge.bridge.relay.portal_intake import PortalIntake
 from qqbridge.config import Config
 from qqbridge.matrix.content import json_object
+from qqbridge.matrix.encryption import KeyMissing, Undecryptable
 from qqbridge.matrix.homeserver_health import HomeserverHealth
 from qqbridge.metrics import Metrics
 from qqbridge.qq import model
@@ -67,20 +68,23 @@ class Bridge:
     def __init__(
         self, config: Config, store: Store, matrix: Matrix, qq_factory: QQFactory, metrics: Metrics | None = None,
         *, homeserver: HomeserverHealth | None = None, media: Media | None = None,
+        encryption: RoomEncryption | None = None,
     ) -> None:  # fmt: skip
         """`homeserver`: the watcher of the homeserver's health (HomeserverAPI.health),
         which the relay waits on while it is down; `media`: where the puppets' and the
-        bot's pictures go (avatars.HomeserverMedia; None: no pictures)."""
+        bot's pictures go (avatars.HomeserverMedia; None: no pictures); `encryption`:
+        how encrypted events are read (None: they are not, and the person is told)."""
         self.config = config
         self.metrics = metrics or Metrics()
         self.metrics.refresh_with(self._refresh_metrics)
         self.started = False
         self.store = store
         self.matrix = matrix
+        self.encryption = encryption
         self.permissions = Permissions(config.permissions)
         self.notifier = notifier = Notifier(store.users, matrix)
         self.puppets = Puppets(config, store, matrix, watched=self._watched, media=media)
-        self.portals = Portals(store, matrix, self.puppets)
+        self.portals = Portals(store, matrix, self.puppets, encrypt=self._encrypt_portal if encryption else None)
         self.outbox = Outbox(store, matrix, self.metrics, time_scale=config.qq.time_scale)
         self.friend_sync = FriendSync(self.puppets, synced=self._synced)
         scale = config.qq.time_scale
@@ -121,6 +125,8 @@ class Bridge:
 
     async def start(self) -> None:
         await self.matrix.ensure_registered(self.config.bot_mxid)
+        if self.encryption is not None:
+            await self.encryption.start()
         users = await self.store.users.every()  # both read before any poller runs: 1,000 of
         waiting = await self.store.inbound.owners_with_pending()  # them slow every read down
         for user in users:
@@ -162,6 +168,18 @@ class Bridge:
         outbox rows queued before a restart)."""
         self.inbound.wake(mxid)
         self.outbox.wake(mxid)
+
+    async def _encrypt_portal(self, owner: str) -> bool:
+        """A new portal is encrypted when the config says so (encryption.default) or the
+        owner's control room is."""
+        if self.encryption is None:
+            return False
+        if self.config.encryption.default:
+            return True
+        user = await self.store.users.get(owner)
+        return user is not None and bool(user.control_room_id) and await self.encryption.is_encrypted(
+            str(user.control_room_id)
+        )
 
     async def _doctor(self) -> str:
         """The admin's `doctor` command: the same checks as `qqbridge doctor`."""
@@ -298,11 +316,21 @@ class Bridge:
             log.warning("could not report a failure to the user", event_id=event.event_id, error=str(exc))
 
     def is_bridge_user(self, mxid: str) -> bool:
-        return mxid == self.config.bot_mxid or self.config.puppet_uin(mxid) is not None
+        return self.config.is_bridge_user(mxid)
 
     async def handle(self, event: InboxEvent) -> None:
         if self.is_bridge_user(event.sender):
             return  # our own echo
+        if self.encryption is not None:
+            if event.type == "m.room.encryption" and event.state_key == "":
+                self.encryption.room_encrypted(event.room_id)
+            elif event.type == "m.room.member":
+                self.encryption.members_changed(event.room_id)
+            elif event.type == "m.room.encrypted":
+                decrypted = await self._decrypted(self.encryption, event)
+                if decrypted is None:
+                    return
+                event = decrypted
         content = event.content if isinstance(event.content, dict) else {}
         if event.type == "m.room.member":
             membership = content.get("membership")
@@ -327,6 +355,26 @@ class Bridge:
                 except CommandError as exc:
                     await self.notifier.notice(event.room_id, str(exc), txn_id=txn_for("reaction", event.event_id),
                                       reply_to=event.event_id)  # fmt: skip
+
+    async def _decrypted(self, encryption: RoomEncryption, event: InboxEvent) -> InboxEvent | None:
+        """The event as its sender wrote it, to be routed like any other; None (and the
+        person told) when it cannot be read. The plaintext is never stored or logged."""
+        raw = {"event_id": event.event_id, "sender": event.sender, "room_id": event.room_id,
+               "origin_server_ts": event.origin_server_ts or 0, "type": event.type, "content": event.content}  # fmt: skip
+        try:
+            plain = await encryption.decrypt(event.room_id, raw)
+        except KeyMissing:
+            why = "its key did not reach me. Please send it again"
+        except Undecryptable:
+            why = "it does not decrypt (damaged or replayed). Please send it again"
+        else:
+            content = plain.get("content")
+            return dataclasses.replace(event, type=str(plain.get("type")),
+                                       content=content if isinstance(content, dict) else {})  # fmt: skip
+        log.info("an encrypted event could not be read", event_id=event.event_id, room_id=event.room_id)
+        await self.notifier.notice(event.room_id, f"⚠ I could not read your encrypted message: {why}.",
+                                   txn_id=txn_for("undecryptable", event.event_id), reply_to=event.event_id)  # fmt: skip
+        return None
 
     def _watched(self, uin: int) -> bool:
         return friend_of_a_running_account(self.accounts, uin)

@@ -42,6 +42,20 @@ class Matrix(Protocol):
         ...
 
 
+class RoomEncryption(Protocol):
+    """End-to-bridge encryption (matrix.encryption.Encryption), when the config allows
+    it: what the router needs of it. Sending encrypts by itself (HomeserverAPI.send)."""
+
+    async def start(self) -> None: ...
+    async def decrypt(self, room_id: str, event: dict[str, Any]) -> dict[str, Any]:
+        """The plaintext event; raises KeyMissing or Undecryptable (matrix.encryption)."""
+        ...
+
+    async def is_encrypted(self, room_id: str) -> bool: ...
+    def room_encrypted(self, room_id: str) -> None: ...
+    def members_changed(self, room_id: str) -> None: ...
+
+
 class QQ(Protocol):
     """One QQ account's connection to the QQ server (QQClient)."""
 

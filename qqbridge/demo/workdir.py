@@ -66,6 +66,9 @@ def bridge_config(
             "time_scale": time_scale,
         },
         "database": {"url": f"sqlite:///{workdir / 'bridge.db'}"},
+        # Encrypted rooms work (docs/encryption.md): a portal is encrypted when the
+        # control room it was opened from is, as Element's direct chats are by default.
+        "encryption": {"allow": True},
         "logging": {"format": "console", "level": "INFO"},
         # Only this homeserver's users exist (no federation, no open registration).
         "permissions": {SERVER_NAME: "user", f"@{MATRIX_USER}:{SERVER_NAME}": "admin"},

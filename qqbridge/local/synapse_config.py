@@ -57,6 +57,9 @@ def homeserver_config(
         "url_preview_enabled": False,
         "presence": {"enabled": True},
         "app_service_config_files": [str(p) for p in appservice_registrations],
+        # End-to-bridge encryption (docs/encryption.md): to-device events (MSC2409), and
+        # one-time key counts and device lists (MSC3202), in the appservice's transactions.
+        "experimental_features": {"msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True},
         # bcrypt's default 12 rounds cost ~0.3 s of CPU per registration or login.
         "bcrypt_rounds": 4,
         **_rate_limits(),

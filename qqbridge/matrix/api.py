@@ -23,7 +23,7 @@ import asyncio
 import json
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -40,6 +40,14 @@ STALL_AFTER = 10.0  # a request without an answer this long makes the watcher pr
 _VERSIONS = "/_matrix/client/versions"  # the probe: cheap, needs no token
 
 
+class Sealer(Protocol):
+    """What encrypts an event sent into an encrypted room (matrix.encryption.Encryption)."""
+
+    async def seal(
+        self, room_id: str, sender: str, event_type: str, content: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]: ...
+
+
 class MatrixError(Exception):
     """The homeserver refused a request for good (not worth retrying)."""
 
@@ -49,11 +57,13 @@ class MatrixError(Exception):
         self.errcode = errcode
 
 
-def _masquerade(path: str, user_id: str | None) -> str:
+def _masquerade(path: str, user_id: str | None, device_id: str | None = None) -> str:
     parts = urlsplit(path)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "access_token"]
     if user_id:
         query.append(("user_id", user_id))
+    if device_id:  # MSC3202: as one of the user's devices (the homeserver checks it exists)
+        query.append(("device_id", device_id))
     return urlunsplit(("", "", parts.path, urlencode(query), ""))
 
 
@@ -84,9 +94,14 @@ class HomeserverAPI:
         self._session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
         self._registered: set[str] = set()
+        self._sealer: Sealer | None = None
         self.health = HomeserverHealth(
             self._probe, outage_after=outage_after, probe_interval=probe_interval, probe_timeout=probe_timeout
         )
+
+    def encrypt_with(self, sealer: Sealer) -> None:
+        """From now on, what is sent into an encrypted room is encrypted by `sealer`."""
+        self._sealer = sealer
 
     async def close(self) -> None:
         await self.health.close()
@@ -139,10 +154,11 @@ class HomeserverAPI:
         return status, answer
 
     async def request(
-        self, method: str, path: str, body: Any = None, *, user_id: str | None = None, what: str = ""
+        self, method: str, path: str, body: Any = None, *, user_id: str | None = None, device_id: str | None = None,
+        what: str = "",
     ) -> dict[str, Any]:
         """One call, retried while the failure is passing; returns the JSON answer."""
-        url = self.base_url + _masquerade(path, user_id)
+        url = self.base_url + _masquerade(path, user_id, device_id)
         data = body if isinstance(body, str) or body is None else json.dumps(body)
         what = what or f"{method} {urlsplit(path).path}"
         delay = 0.5
@@ -230,6 +246,8 @@ class HomeserverAPI:
         user_id: str | None = None,
     ) -> str:
         """Send an event; the same `txn_id` (per user) returns the same event, never a second one."""
+        if self._sealer is not None:
+            event_type, content = await self._sealer.seal(room_id, user_id or self.bot_mxid, event_type, content)
         method, path, body = Api.room_send(_PLACEHOLDER, room_id, event_type, content, txn_id)
         answer = await self.request(method, path, body, user_id=user_id, what=f"send to {room_id}")
         parsed = RoomSendResponse.from_dict(answer, room_id)

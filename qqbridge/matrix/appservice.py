@@ -49,12 +49,17 @@ class AppserviceEndpoint:
         on_stored: Callable[[], None],
         user_exists: Callable[[str], Awaitable[bool]],
         on_rejected: Callable[[], None] = lambda: None,
+        before_storing: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
+        """`before_storing`: given the whole transaction before its events are stored
+        (end-to-bridge encryption takes its to-device events and key counts there);
+        if it raises, the transaction is answered 500 and comes again."""
         self._hs_token = hs_token.encode()
         self._store = store
         self._on_stored = on_stored
         self._user_exists = user_exists
         self._on_rejected = on_rejected
+        self._before_storing = before_storing
         self.app = web.Application(middlewares=[self._errors, self._authenticate], client_max_size=16 * 1024**2)
         self.app.router.add_put(PREFIX + "/transactions/{txn_id}", self._transaction)
         self.app.router.add_get(PREFIX + "/users/{user_id}", self._user)
@@ -99,6 +104,8 @@ class AppserviceEndpoint:
             return matrix_error(400, "M_BAD_JSON", "the transaction has no 'events' list")
         usable = self._usable(txn_id, events)
         try:
+            if self._before_storing is not None:
+                await self._before_storing(body)
             fresh = await self._store.record_transaction(txn_id, usable)
         except InvalidValueError as exc:  # the transaction id itself (a NUL in the path)
             return matrix_error(400, "M_INVALID_PARAM", str(exc)[:200])

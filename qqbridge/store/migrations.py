@@ -204,10 +204,61 @@ async def v3_password_after(db: Database) -> None:
     await db.execute("ALTER TABLE bridge_user ADD COLUMN password_after BIGINT")
 
 
+async def v4_encryption(db: Database) -> None:
+    """End-to-bridge encryption (issue 17): each Matrix identity of the bridge that
+    encrypts (the bot, a puppet) has one device, whose Olm account, Olm sessions,
+    Megolm room keys and the devices it knows are kept here, as vodozemac pickles and
+    JSON (matrix/encryption/keystore.py)."""
+    await db.execute(
+        """CREATE TABLE crypto_account (
+            user_id    TEXT PRIMARY KEY,
+            device_id  TEXT NOT NULL,
+            pickle     TEXT NOT NULL,
+            shared     BOOLEAN NOT NULL,
+            updated_at BIGINT NOT NULL
+        )"""
+    )
+    await db.execute(
+        """CREATE TABLE crypto_olm_session (
+            user_id     TEXT NOT NULL,
+            sender_key  TEXT NOT NULL,
+            session_id  TEXT NOT NULL,
+            pickle      TEXT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (user_id, sender_key, session_id)
+        )"""
+    )
+    await db.execute(
+        """CREATE TABLE crypto_megolm_inbound (
+            user_id          TEXT NOT NULL,
+            room_id          TEXT NOT NULL,
+            sender_key       TEXT NOT NULL,
+            session_id       TEXT NOT NULL,
+            signing_key      TEXT NOT NULL,
+            forwarding_chain TEXT NOT NULL,
+            pickle           TEXT NOT NULL,
+            PRIMARY KEY (user_id, room_id, sender_key, session_id)
+        )"""
+    )
+    await db.execute(
+        """CREATE TABLE crypto_device (
+            user_id      TEXT NOT NULL,
+            owner        TEXT NOT NULL,
+            device_id    TEXT NOT NULL,
+            keys         TEXT NOT NULL,
+            display_name TEXT,
+            deleted      BOOLEAN NOT NULL,
+            trust        TEXT NOT NULL,
+            PRIMARY KEY (user_id, owner, device_id)
+        )"""
+    )
+
+
 MIGRATIONS: list[Migration] = [
     v1_matrix_side,
     v2_bridging,
     v3_password_after,
+    v4_encryption,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -10,6 +10,7 @@
         .friend_requests  FriendRequestStore  requests and their prompts (contacts.py)
         .inbound          InboundStore        QQ → Matrix until relayed (messages.py)
         .outbox           OutboxStore         Matrix → QQ until QQ took it (messages.py)
+        .crypto           CryptoStore         the encrypting devices' keys (crypto.py)
 
 A part of the bridge receives the repositories it uses. Each knows SQL but not which
 database: that is the backend's (`connect.py` chooses it), and the schema is
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 from qqbridge.store.connect import connect
 from qqbridge.store.contacts import FriendRequestStore, PortalStore, PuppetStore
+from qqbridge.store.crypto import CryptoStore
 from qqbridge.store.database import Database
 from qqbridge.store.errors import InvalidValueError
 from qqbridge.store.inbox import MIN_TXN_RETENTION_SECONDS, InboxStore
@@ -49,6 +51,7 @@ class Store:
         self.friend_requests = FriendRequestStore(db, clock)
         self.inbound = InboundStore(db, clock)
         self.outbox = OutboxStore(db, clock)
+        self.crypto = CryptoStore(db, clock)
 
     @classmethod
     async def open(cls, url: str, *, clock: Callable[[], float] = time.time, pool_size: int = 10) -> Store:

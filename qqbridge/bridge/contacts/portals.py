@@ -18,6 +18,7 @@ creator has unlimited power, and a puppet says whatever QQ tells it to.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import structlog
@@ -33,9 +34,17 @@ log = structlog.get_logger(__name__)
 PUPPET_POWER = 50  # state_default, invite and m.room.name/avatar are 50; notifications.room is 100
 
 
+MEGOLM = {"algorithm": "m.megolm.v1.aes-sha2"}
+
+
 class Portals:
-    def __init__(self, store: Store, matrix: Matrix, puppets: Puppets) -> None:
+    """`encrypt(owner)`: whether the owner's new portals are created encrypted (None: never)."""
+
+    def __init__(
+        self, store: Store, matrix: Matrix, puppets: Puppets, *, encrypt: Callable[[str], Awaitable[bool]] | None = None
+    ) -> None:
         self.store, self.matrix, self.puppets = store, matrix, puppets
+        self._encrypt = encrypt
         self._creating: dict[tuple[str, int], asyncio.Lock] = {}
 
     async def room_for(self, owner: str, uin: int, *, stranger: bool) -> str:
@@ -102,7 +111,9 @@ class Portals:
         puppet = await self.puppets.ensure(uin)
         nick = await self.puppets.nick(uin)
         topic = f"QQ {uin}" + (" — not in your QQ friend list" if stranger else "")
+        encrypted = self._encrypt is not None and await self._encrypt(owner)
         room_id = await self.matrix.create_room(
+            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": MEGOLM}] if encrypted else [],
             name=self.puppets.displayname(uin, nick),
             topic=topic,
             invite=[puppet],

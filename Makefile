@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 # TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 6
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The performance table of issue 11 in one run (about 9 minutes; BENCH_ARGS=--quick for about 5),
 # against a real Synapse and the simulator at time scale 1; writes docs/performance.md.

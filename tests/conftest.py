@@ -21,3 +21,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = item.nodeid.split("::", 1)[0]
         group = "containers" if path.startswith("tests/deploy/containers/") else path
         item.add_marker(pytest.mark.xdist_group(group))
+    # The longest groups first (`make test` passes --no-loadscope-reorder, so the workers
+    # take them in this order): a 2-minute watch started last would make the whole run
+    # 2 minutes longer. Slow-marked tests, then the containers, the end-to-end files and
+    # the demo (each starts processes), then everything else as collected.
+    items.sort(key=_weight)
+
+
+def _weight(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    if item.get_closest_marker("slow"):
+        return 0
+    if path.startswith("tests/deploy/containers/"):
+        return 1
+    if path.startswith(("tests/e2e/", "tests/demo/")):
+        return 2
+    return 3

@@ -7,6 +7,7 @@ its keys, shares its room keys with the devices in the room and decrypts what co
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from nio import AsyncClient, AsyncClientConfig, MegolmEvent
+from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomPreset
 
 from qqbridge.qq import QQClient, password_md5
 from tests.e2e.conftest import PASSWORD, QQ_PASSWORDS, Stack, received, running_stack
@@ -49,6 +50,23 @@ class EncryptingUser(MatrixUser):
 
     async def say(self, room_id: str, text: str) -> str:
         return await self.send(room_id, {"msgtype": "m.text", "body": text})
+
+    async def open_encrypted_control_room(self, bot: str) -> str:
+        """A direct chat with the bot, encrypted as Element creates it where the
+        homeserver does not encrypt by itself."""
+        answer = await self.client.room_create(
+            is_direct=True, preset=RoomPreset.trusted_private_chat, invite=[bot],
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        )  # fmt: skip
+        return str(answer.room_id)
+
+    async def log_into_qq(self, room: str, uin: int) -> None:
+        await self.wait_for_text(room, "control room", sender=BOT, timeout=60)
+        await self.say(room, f"login {uin}")
+        await self.wait_for_text(room, "next message", sender=BOT, timeout=60)
+        await self.say(room, QQ_PASSWORDS[uin])
+        await self.wait_for_text(room, f"Logged into QQ as {uin}", sender=BOT, timeout=60)
 
     async def send(self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message") -> str:
         await self.sync()
@@ -190,3 +208,47 @@ async def test_an_event_whose_key_never_comes_is_answered(secret_stack: Stack, p
     assert sent.status_code == 200, sent.text
     reply = await person.wait_for_text(room, "could not read your encrypted message", sender=BOT, timeout=60)
     assert "send it again" in reply
+
+
+async def test_a_friend_request_prompt_and_its_reaction_in_an_encrypted_control_room(
+    secret_stack: Stack, tmp_path: Path
+) -> None:
+    """The prompt, the bot's ✅/❌ offers, the person's ✅ and the edited outcome: all
+    encrypted, all understood."""
+    stack = secret_stack
+    mxid = await stack.synapse.register_user("cipher3", PASSWORD)
+    person = await EncryptingUser(stack.synapse.base_url, mxid, PASSWORD, tmp_path / "keys").login()
+    erin = QQClient(stack.sim_url, 10005, local_address="127.0.0.2", timeout=10)
+    await erin.login(password_md5(QQ_PASSWORDS[10005]))
+    try:
+        room = await person.open_control_room(BOT)
+        await person.wait_for_text(room, "control room", sender=BOT, timeout=60)
+        await person.say(room, "login 10006")
+        await person.wait_for_text(room, "next message", sender=BOT, timeout=60)
+        await person.say(room, QQ_PASSWORDS[10006])
+        await person.wait_for_text(room, "Logged into QQ as 10006", sender=BOT, timeout=60)
+        await erin.request_friendship(10006, "from an encrypted chat")
+        prompt = await person.wait_for_text(room, "Friend request from", sender=BOT, timeout=60)
+        assert "from an encrypted chat" in prompt
+        prompt_id = next(e.event_id for e in person.events(room) if getattr(e, "body", None) == prompt)
+        assert (await raw(stack, person, room, prompt_id))["type"] == "m.room.encrypted"
+        await person.send(room, {"m.relates_to": {"rel_type": "m.annotation", "event_id": prompt_id, "key": "✅"}},
+                          "m.reaction")  # fmt: skip
+        await person.wait_for_text(room, "Accepted", sender=BOT, timeout=60)
+        accepted = [e for e in await received_events(erin) if getattr(e, "sender", None) == 10006]
+        assert accepted, "QQ was not told of the acceptance"
+        assert not person.undecrypted(room)
+    finally:
+        await erin.logout()
+        await erin.aclose()
+        await person.close()
+
+
+async def received_events(client: QQClient) -> list[object]:
+    events: list[object] = []
+    for _ in range(50):
+        events += await client.drain_messages()
+        if events:
+            return events
+        await asyncio.sleep(0.2)
+    return events

@@ -157,6 +157,9 @@ class Device:
         self.olm.add_changed_users(set(users))
 
     async def _share_room_key(self, room_id: str, members: list[str]) -> None:
+        current = self.olm.outbound_group_sessions.get(room_id)
+        if current is not None and current.shared:  # expired (100 messages, a week): a new one
+            self.forget_room_key(room_id)
         unknown = [user for user in members if user not in self.olm.device_store.users]
         self.olm.users_for_key_query.update(unknown)
         if self.olm.should_query_keys:

@@ -54,6 +54,18 @@ class DeviceRow:
 
 
 @dataclass(frozen=True)
+class CrossSigningSeeds:
+    """The private halves of an identity's cross-signing keys (Ed25519 seeds, base64)."""
+
+    master: str
+    self_signing: str
+    user_signing: str
+
+    def __repr__(self) -> str:  # never in a log line or a traceback
+        return "CrossSigningSeeds(…)"
+
+
+@dataclass(frozen=True)
 class KeyState:
     """Everything one identity's device has: read whole at start (Olm keeps it in memory)."""
 
@@ -155,3 +167,23 @@ class CryptoStore(Repository):
                     user_id, device.owner, device.device_id, json.dumps(device.keys), device.display_name,
                     device.deleted, device.trust,
                 )  # fmt: skip
+
+    async def cross_signing(self, user_id: str) -> CrossSigningSeeds | None:
+        row = await self._db.fetchrow(
+            "SELECT master, self_signing, user_signing FROM crypto_cross_signing WHERE user_id = $1",
+            text("user_id", user_id),
+        )
+        return None if row is None else CrossSigningSeeds(str(row["master"]), str(row["self_signing"]),
+                                                           str(row["user_signing"]))  # fmt: skip
+
+    async def keep_cross_signing(self, user_id: str, seeds: CrossSigningSeeds) -> CrossSigningSeeds:
+        """Keep the identity's keys, unless it has some already: the stored ones are
+        returned (two bridges starting at once agree on one set)."""
+        await self._db.execute(
+            "INSERT INTO crypto_cross_signing (user_id, master, self_signing, user_signing, created_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
+            text("user_id", user_id), seeds.master, seeds.self_signing, seeds.user_signing, self._now_ms(),
+        )  # fmt: skip
+        stored = await self.cross_signing(user_id)
+        assert stored is not None  # just written, or there before
+        return stored

@@ -254,11 +254,26 @@ async def v4_encryption(db: Database) -> None:
     )
 
 
+async def v5_cross_signing(db: Database) -> None:
+    """Each encrypting identity's cross-signing keys (private halves, Ed25519 seeds), so
+    a person's client sees its device as signed by its owner."""
+    await db.execute(
+        """CREATE TABLE crypto_cross_signing (
+            user_id      TEXT PRIMARY KEY,
+            master       TEXT NOT NULL,
+            self_signing TEXT NOT NULL,
+            user_signing TEXT NOT NULL,
+            created_at   BIGINT NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: list[Migration] = [
     v1_matrix_side,
     v2_bridging,
     v3_password_after,
     v4_encryption,
+    v5_cross_signing,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

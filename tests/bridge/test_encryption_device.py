@@ -26,12 +26,16 @@ class Homeserver:
         self.person, self.person_keys = person, person_keys
         self.one_time_keys = dict(person_keys["one_time_keys"])
         self.room_keys_sent = 0
+        self.own_keys: dict[str, Any] = {}
 
     async def request(self, method: str, path: str, body: Any = None, *, user_id: str | None = None,
                       device_id: str | None = None, what: str = "") -> dict[str, Any]:  # fmt: skip
         assert user_id == PUPPET and (device_id == "QQBRIDGE" or path.startswith("/_matrix/client/v3/devices/"))
         if "/keys/upload" in path:
+            self.own_keys = body.get("device_keys") or self.own_keys
             return {"one_time_key_counts": {"signed_curve25519": len(body.get("one_time_keys", {}))}}
+        if "/keys/query" in path and PUPPET in body["device_keys"]:  # its own device, to cross-sign it
+            return {"device_keys": {PUPPET: {"QQBRIDGE": self.own_keys}}, "failures": {}}
         if "/keys/query" in path:
             return {"device_keys": {PERSON: {"PHONE": self.person_keys["device_keys"]}}, "failures": {}}
         if "/keys/claim" in path:

@@ -32,6 +32,8 @@ class Homeserver:
         if "/keys/upload" in path:
             self.uploaded.update(body)
             return {"one_time_key_counts": {"signed_curve25519": len(body.get("one_time_keys", {}))}}
+        if "/keys/query" in path:  # its own device, to cross-sign it
+            return {"device_keys": {BOT: {"QQBRIDGE": self.uploaded["device_keys"]}}}
         return {}
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomPreset
+from signedjson.key import decode_verify_key_base64
+from signedjson.sign import verify_signed_json
 
 from qqbridge.qq import QQClient, password_md5
 from tests.e2e.conftest import PASSWORD, QQ_PASSWORDS, Stack, received, running_stack
@@ -99,6 +101,22 @@ async def raw(stack: Stack, user: MatrixUser, room_id: str, event_id: str) -> di
     return await room_event(stack.synapse.base_url, user.client.access_token, room_id, event_id)
 
 
+async def cross_signed(stack: Stack, person: MatrixUser, user_id: str) -> None:
+    """What a person's client checks: the identity's master key signs its self-signing
+    key, which signs the device the messages come from."""
+    async with httpx.AsyncClient() as http:
+        answer = (await http.post(f"{stack.synapse.base_url}/_matrix/client/v3/keys/query",
+                                  json={"device_keys": {user_id: []}},
+                                  headers={"Authorization": f"Bearer {person.client.access_token}"})).json()  # fmt: skip
+    master, self_signing = answer["master_keys"][user_id], answer["self_signing_keys"][user_id]
+    [(master_id, master_key)] = master["keys"].items()
+    [(ssk_id, ssk_key)] = self_signing["keys"].items()
+    verify_signed_json(self_signing, user_id, decode_verify_key_base64("ed25519", master_key.split(":")[-1], master_key))
+    device = answer["device_keys"][user_id]["QQBRIDGE"]
+    assert ssk_id in device["signatures"][user_id]
+    verify_signed_json(device, user_id, decode_verify_key_base64("ed25519", ssk_key, ssk_key))
+
+
 def encrypted_ids(user: EncryptingUser, room_id: str, sender: str) -> list[str]:
     """The ids of the events from `sender` that the client decrypted."""
     return [e.event_id for e in user.events(room_id) if getattr(e, "decrypted", False) and e.sender == sender]
@@ -137,6 +155,8 @@ async def test_an_encrypted_control_room_a_login_and_a_chat_both_ways(secret_sta
         puppet_keys = person.client.device_store[PUPPET]["QQBRIDGE"]
         assert event["content"]["sender_key"] == puppet_keys.curve25519  # the puppet's device, not the bot's
         assert not person.undecrypted(portal)
+        await cross_signed(stack, person, PUPPET)  # the device is its owner's, as clients check
+        await cross_signed(stack, person, BOT)
 
         # Matrix → QQ: the person's encrypted reply reaches the contact.
         await person.say(portal, "hello from Matrix")

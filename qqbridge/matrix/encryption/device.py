@@ -34,6 +34,7 @@ from nio.events import (
 from nio.exceptions import EncryptionError
 from nio.responses import KeysClaimResponse, KeysQueryResponse, KeysUploadResponse, ToDeviceResponse
 
+import qqbridge.matrix.encryption.cross_signing as cross_signing
 from qqbridge.matrix.api import HomeserverAPI, MatrixError
 from qqbridge.matrix.encryption.keystore import KeyStore
 from qqbridge.store.crypto import CryptoStore
@@ -76,7 +77,27 @@ class Device:
         device = cls(matrix, keys, olm)
         async with device.lock:
             await device._upload_keys()
+        await device._cross_sign(crypto)
         return device
+
+    async def _cross_sign(self, crypto: CryptoStore) -> None:
+        """The identity's cross-signing keys uploaded (made and kept first, the first
+        time), and this device signed by its self-signing key, unless it is already."""
+        seeds = await crypto.cross_signing(self.user_id)
+        if seeds is None:
+            seeds = await crypto.keep_cross_signing(self.user_id, cross_signing.generate())
+        await self._request("POST", f"{CLIENT}/keys/device_signing/upload",
+                            cross_signing.upload_body(self.user_id, seeds), "cross-signing keys")  # fmt: skip
+        answer = await self._request("POST", f"{CLIENT}/keys/query",
+                                     {"device_keys": {self.user_id: [self.device_id]}}, "own device keys")  # fmt: skip
+        mine = answer.get("device_keys", {}).get(self.user_id, {}).get(self.device_id)
+        if not isinstance(mine, dict):
+            raise MatrixError(200, "M_NOT_FOUND", "the homeserver does not list this device's keys", "cross-signing")
+        if cross_signing.key_id(seeds.self_signing) in mine.get("signatures", {}).get(self.user_id, {}):
+            return
+        signed = cross_signing.sign_device(self.user_id, seeds, {k: v for k, v in mine.items() if k != "unsigned"})
+        await self._request("POST", f"{CLIENT}/keys/signatures/upload", {self.user_id: {self.device_id: signed}},
+                            "device signature")  # fmt: skip
 
     async def _request(self, method: str, path: str, body: Any = None, what: str = "") -> dict[str, Any]:
         return await self._matrix.request(method, path, body, user_id=self.user_id, device_id=self.device_id,

@@ -177,11 +177,7 @@ async def test_keys_survive_a_restart_and_a_kill(secret_stack: Stack, tmp_path: 
     await bob.login(password_md5(QQ_PASSWORDS[10005]))
     try:
         room = await person.open_control_room(BOT)
-        await person.wait_for_text(room, "control room", sender=BOT, timeout=60)
-        await person.say(room, "login 10004")
-        await person.wait_for_text(room, "next message", sender=BOT, timeout=60)
-        await person.say(room, QQ_PASSWORDS[10004])
-        await person.wait_for_text(room, "Logged into QQ as 10004", sender=BOT, timeout=60)
+        await person.log_into_qq(room, 10004)
         await bob.send_message(10004, "before the restart")
         portal = await person.accept_invite("@_qq_10005:localhost", timeout=60)
         await person.wait_for_text(portal, "before the restart", timeout=60)
@@ -242,11 +238,7 @@ async def test_a_friend_request_prompt_and_its_reaction_in_an_encrypted_control_
     await erin.login(password_md5(QQ_PASSWORDS[10005]))
     try:
         room = await person.open_control_room(BOT)
-        await person.wait_for_text(room, "control room", sender=BOT, timeout=60)
-        await person.say(room, "login 10006")
-        await person.wait_for_text(room, "next message", sender=BOT, timeout=60)
-        await person.say(room, QQ_PASSWORDS[10006])
-        await person.wait_for_text(room, "Logged into QQ as 10006", sender=BOT, timeout=60)
+        await person.log_into_qq(room, 10006)
         await erin.request_friendship(10006, "from an encrypted chat")
         prompt = await person.wait_for_text(room, "Friend request from", sender=BOT, timeout=60)
         assert "from an encrypted chat" in prompt

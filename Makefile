@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 # when none answers there. The suite runs on TEST_WORKERS pytest-xdist workers (most of
 # it waits on timers, not the CPU), each file on one worker (tests/conftest.py);
 # TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 test: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 

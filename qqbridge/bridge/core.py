@@ -30,7 +30,7 @@ from qqbridge.bridge.control_room.contact_commands import ContactCommands
 from qqbridge.bridge.control_room.friend_requests import FriendRequests
 from qqbridge.bridge.control_room.permissions import Permissions
 from qqbridge.bridge.control_room.room import ControlRoom
-from qqbridge.bridge.notices import txn_for
+from qqbridge.bridge.notices import one_line, txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix, QQFactory, RoomEncryption
 from qqbridge.bridge.qq_sessions.accounts import AccountState
@@ -363,8 +363,10 @@ class Bridge:
                "origin_server_ts": event.origin_server_ts or 0, "type": event.type, "content": event.content}  # fmt: skip
         try:
             plain = await encryption.decrypt(event.room_id, raw)
-        except KeyMissing:
-            why = "its key did not reach me. Please send it again"
+        except KeyMissing as missing:
+            why = ("your client withheld its key from me" + (f" ({one_line(missing.withheld, 100)})")
+                   + ". Please send it again, after verifying the bridge if your client asks for that"
+                   if missing.withheld else "its key did not reach me. Please send it again")  # fmt: skip
         except Undecryptable:
             why = "it does not decrypt (damaged or replayed). Please send it again"
         else:

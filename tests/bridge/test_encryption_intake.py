@@ -5,13 +5,16 @@ the one real room key among them is kept, and the message it opens decrypts."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nio.crypto import Olm
 from nio.responses import KeysClaimResponse, KeysQueryResponse, KeysUploadResponse
 
-from qqbridge.matrix.encryption import TO_DEVICE_PER_TRANSACTION, Encryption
+from qqbridge.matrix.encryption import TO_DEVICE_PER_TRANSACTION, Encryption, KeyMissing
 from qqbridge.matrix.encryption.keystore import KeyStore
 from qqbridge.store import Store
 
@@ -78,5 +81,32 @@ async def test_a_hostile_transaction_is_set_aside_and_the_real_room_key_kept(tmp
         # A flood: only the first TO_DEVICE_PER_TRANSACTION are read, in bounded time.
         await encryption.receive({"de.sorunome.msc2409.to_device": [forged] * (TO_DEVICE_PER_TRANSACTION + 500)})
         assert (await store.crypto.load(BOT)).room_keys  # kept, in the database
+    finally:
+        await store.close()
+
+
+async def test_a_withheld_room_key_is_answered_at_once_with_its_reason(tmp_path: Path) -> None:
+    """The person's client says it will not share a room key with the bridge (say, it
+    shares only with verified devices): the event waiting for it is answered at once,
+    with the client's reason, instead of after encryption.key_wait."""
+    store = await Store.open(f"sqlite:///{tmp_path / 'bridge.db'}")
+    try:
+        homeserver = Homeserver()
+        encryption = Encryption(homeserver, store.crypto, ours=lambda mxid: mxid == BOT, key_wait=30)  # type: ignore[arg-type]
+        await encryption.start()
+        event = {"event_id": "$1", "sender": PERSON, "origin_server_ts": 1, "room_id": ROOM, "type": "m.room.encrypted",
+                 "content": {"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "K" * 43, "session_id": "held",
+                             "ciphertext": "AwgA", "device_id": "PHONE"}}  # fmt: skip
+        waiting = asyncio.create_task(encryption.decrypt(ROOM, event))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # a key may still come
+        started = time.monotonic()
+        await encryption.receive({"de.sorunome.msc2409.to_device": [{
+            "sender": PERSON, "type": "m.room_key.withheld", "to_user_id": BOT, "to_device_id": "QQBRIDGE",
+            "content": {"algorithm": "m.megolm.v1.aes-sha2", "room_id": ROOM, "session_id": "held",
+                        "sender_key": "K" * 43, "code": "m.unverified", "reason": "Device not verified"}}]})  # fmt: skip
+        with pytest.raises(KeyMissing) as missing:
+            await waiting
+        assert time.monotonic() - started < 2 and missing.value.withheld == "Device not verified"
     finally:
         await store.close()

@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 KEY_WAIT = 30.0  # seconds an event waits for its room key before the person is asked to resend
 TO_DEVICE_PER_TRANSACTION = 1000  # more in one transaction is a flood: the rest is set aside
 TO_DEVICE_BYTES = 64 * 1024  # a to-device event larger than this is set aside unread
+WITHHELD = ("m.room_key.withheld", "org.matrix.room_key.withheld")  # the stable and the older name
+WITHHELD_KEPT = 10_000  # withheld sessions remembered, the oldest forgotten first
 
 __all__ = ["KEY_WAIT", "Encryption", "KeyMissing", "Undecryptable"]
 
@@ -45,6 +47,7 @@ class Encryption:
         self._devices: dict[str, Device] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._encrypted: dict[str, bool] = {}  # room → encrypted, as far as the bridge has seen
+        self._withheld: dict[str, str] = {}  # session id → why its sender will not share it (bounded)
         self._keys_arrived = asyncio.Condition()
 
     async def start(self) -> None:
@@ -99,6 +102,8 @@ class Encryption:
             log.warning("set aside a to-device event the bridge cannot use")
             return False
         user_id, device_id = raw.get("to_user_id"), raw.get("to_device_id")
+        if raw.get("type") in WITHHELD and self._ours(str(user_id)):
+            return self._note_withheld(json_object(raw.get("content")))
         device = self._devices.get(user_id) if isinstance(user_id, str) else None
         if device is None and isinstance(user_id, str) and self._ours(user_id) and device_id == DEVICE_ID:
             device = await self.device(user_id)  # a device from before a restart, not used since
@@ -113,6 +118,19 @@ class Encryption:
             log.warning("set aside a to-device event that does not decrypt", user_id=user_id,
                         type=raw.get("type"), error=type(exc).__name__)  # fmt: skip
             return False
+
+    def _note_withheld(self, content: dict[str, Any]) -> bool:
+        """m.room_key.withheld: the sender's client will not share a room key with us
+        (the spec's codes: m.unverified, m.blacklisted, m.unauthorised, m.unavailable,
+        m.no_olm). An event waiting for that key is answered at once, saying why."""
+        session, code = content.get("session_id"), content.get("code")
+        if not isinstance(session, str) or not isinstance(code, str):
+            return False
+        reason = content.get("reason")
+        self._withheld[session[:200]] = (reason if isinstance(reason, str) and reason else code)[:200]
+        while len(self._withheld) > WITHHELD_KEPT:
+            self._withheld.pop(next(iter(self._withheld)))
+        return True  # wakes the events waiting for a key: this one waits no more
 
     # ---- rooms ---------------------------------------------------------------------------
 
@@ -170,7 +188,10 @@ class Encryption:
         while True:
             try:
                 return device.decrypt(room_id, event)
-            except KeyMissing:
+            except KeyMissing as missing:
+                withheld = self._withheld.get(missing.session_id)
+                if withheld is not None:
+                    raise KeyMissing(missing.session_id, withheld) from None
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise

@@ -47,11 +47,13 @@ CLIENT = "/_matrix/client/v3"
 
 
 class KeyMissing(Exception):
-    """An encrypted event whose room key this device does not have (yet)."""
+    """An encrypted event whose room key this device does not have (yet); `withheld`:
+    why the sender's client said it will not send it (m.room_key.withheld), if it did."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, withheld: str | None = None) -> None:
         super().__init__(f"no room key for session {session_id}")
         self.session_id = session_id
+        self.withheld = withheld
 
 
 class Undecryptable(Exception):

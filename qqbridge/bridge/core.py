@@ -33,7 +33,7 @@ from qqbridge.bridge.control_room.room import ControlRoom
 from qqbridge.bridge.notices import one_line, txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix, QQFactory, RoomEncryption
-from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.account_state import AccountState
 from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.relay.inbound import Inbound

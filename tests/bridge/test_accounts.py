@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.account_state import AccountState
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.qq import errors, model
 

@@ -17,7 +17,7 @@ import pytest
 
 from qqbridge.bridge.contacts.presence import PresenceKeeper, friend_of_a_running_account
 from qqbridge.bridge.contacts.puppets import Puppets
-from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.account_state import AccountState
 from qqbridge.config import Config
 from qqbridge.qq import model
 from qqbridge.store import Store

@@ -10,7 +10,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from qqbridge.bridge.qq_sessions.accounts import DRAIN_ROUNDS, AccountState
+from qqbridge.bridge.qq_sessions.account_state import AccountState
+from qqbridge.bridge.qq_sessions.accounts import DRAIN_ROUNDS
 from qqbridge.bridge.qq_sessions.outages import PROBE_UIN, QQServer, duration
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.bridge.relay.outbox import Outbox

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from qqbridge.bridge.qq_sessions.accounts import AccountState
+from qqbridge.bridge.qq_sessions.account_state import AccountState
 
 if TYPE_CHECKING:
     from qqbridge.bridge.qq_sessions.registry import Accounts

@@ -17,7 +17,8 @@ from qqbridge.bridge.control_room.reply import Reply
 from qqbridge.bridge.notices import ENCRYPTED, txn_for
 from qqbridge.bridge.notifier import Notifier
 from qqbridge.bridge.ports import Matrix
-from qqbridge.bridge.qq_sessions.accounts import AccountState, QQAccount
+from qqbridge.bridge.qq_sessions.account_state import AccountState
+from qqbridge.bridge.qq_sessions.accounts import QQAccount
 from qqbridge.bridge.qq_sessions.outages import clock_time, duration
 from qqbridge.bridge.qq_sessions.registry import Accounts
 from qqbridge.matrix.api import MatrixError

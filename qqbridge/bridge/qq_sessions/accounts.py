@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
@@ -39,6 +38,7 @@ import structlog
 
 from qqbridge.bridge.notices import one_line
 from qqbridge.bridge.ports import QQ
+from qqbridge.bridge.qq_sessions.account_state import AccountState, failure_kind
 from qqbridge.bridge.qq_sessions.backoff import Backoff
 from qqbridge.bridge.qq_sessions.outages import (
     OutageNotice,
@@ -69,24 +69,6 @@ STATUS_RETRY = 21.0  # after QQ refused a status change as too fast: its 20 s pe
 SEQ_BLOCK = 100  # GetMsgEx SEQs reserved in the store with one write
 SESSION_LOSSES = 3  # RES=20 this often in a row, with no good poll between: pause with backoff
 LOGINS_PER_SECOND = 200.0  # all accounts together (qq.logins_per_second): 1,000 in 5 s, no storm
-
-
-class AccountState(enum.StrEnum):
-    CONNECTING = "connecting"
-    ONLINE = "online"
-    UNREACHABLE = "unreachable"
-    BAD_PASSWORD = "bad_password"
-    STOPPED = "stopped"
-
-
-def failure_kind(exc: BaseException) -> str:
-    """The `kind` label of qqbridge_failures_total for a failure met talking to QQ."""
-    kinds: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        (errors.NotLoggedIn, "qq_session_lost"), (errors.WrongPassword, "qq_bad_password"),
-        ((errors.ServerUnavailable, errors.OutcomeUnknown), "qq_unreachable"), (errors.RateLimited, "qq_rate_limited"),
-        ((errors.RemoteProtocolError, errors.NullReply), "qq_protocol"), (errors.IllegalAccount, "qq_refused"),
-    ]  # fmt: skip
-    return next((kind for types, kind in kinds if isinstance(exc, types)), "internal")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,8 +60,11 @@ async def test_a_puppet_device_encrypts_past_the_room_keys_rotation(tmp_path: Pa
         homeserver = Homeserver(person, person_keys)
         device = await Device.open(homeserver, store.crypto, PUPPET)  # type: ignore[arg-type]
 
+        async def members() -> list[str]:
+            return [PERSON]
+
         for n in range(150):
-            content = await device.encrypt(ROOM, [PERSON], "m.room.message", {"msgtype": "m.text", "body": f"n{n}"})
+            content = await device.encrypt(ROOM, members, "m.room.message", {"msgtype": "m.text", "body": f"n{n}"})
             event = MegolmEvent.from_dict({"event_id": f"${n}", "sender": PUPPET, "origin_server_ts": n,
                                            "room_id": ROOM, "type": "m.room.encrypted", "content": content})  # fmt: skip
             assert person.decrypt_megolm_event(event, ROOM).body == f"n{n}"

@@ -176,7 +176,10 @@ class Encryption:
         if not await self.is_encrypted(room_id):
             return event_type, content
         device = await self.device(sender)
-        members = await self._members(room_id, sender)
+
+        async def members() -> list[str]:  # a request only when a room key is to be shared
+            return await self._members(room_id, sender)
+
         return "m.room.encrypted", await device.encrypt(room_id, members, event_type, content)
 
     async def decrypt(self, room_id: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -158,13 +158,14 @@ class Device:
             raise Undecryptable("the plaintext is not an event")
         return dict(source)
 
-    async def encrypt(self, room_id: str, members: Iterable[str], event_type: str,
+    async def encrypt(self, room_id: str, members: Callable[[], Awaitable[Iterable[str]]], event_type: str,
                       content: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-        """The `m.room.encrypted` content of an event, the room key shared first with
-        every device of `members` (Element's default: unverified devices included)."""
+        """The `m.room.encrypted` content of an event; when the room has no room key
+        shared yet (or it expired), one is shared first with every device of the room's
+        `members()` (asked only then; Element's default: unverified devices included)."""
         async with self.lock:
             if self.olm.should_share_group_session(room_id):
-                await self._share_room_key(room_id, sorted(set(members)))
+                await self._share_room_key(room_id, sorted(set(await members())))
             encrypted = self.olm.group_encrypt(room_id, {"type": event_type, "content": content})
             await self._keys.flush()
         relates = content.get("m.relates_to")
